@@ -1,0 +1,8 @@
+"""gift-lite: a Jupyter-first, reproducible companion to GIFT (arXiv 2601.09233).
+
+GIFT fits, per response token, the finite-temperature Gibbs target
+``softmax(log p_base + beta * onehot(expert token))`` around a frozen base model;
+``beta = inf`` is standard SFT and ``beta = 0`` leaves the base unchanged.
+"""
+
+__version__ = "0.1.0"

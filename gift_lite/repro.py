@@ -1,0 +1,76 @@
+"""Reproducibility helpers: the repository root, seeding, and what a run JSON records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TRACKED_PACKAGES = (
+    "torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate",
+    "tokenizers", "numpy", "pandas", "math-verify", "gift-lite",
+)
+
+
+def repo_root() -> Path:
+    """The folder holding ``pyproject.toml`` above this package (works from notebooks/ too)."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for a deterministic run on one device."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative int")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_info() -> dict[str, str | int]:
+    info: dict[str, str | int] = {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_sha() -> str:
+    """The current commit (``+dirty`` if the tree has changes), or ``unknown`` outside git."""
+    try:
+        root = repo_root()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_info(config: dict) -> dict:
+    """What a ``*_run.json`` carries: the config, package versions, device and git SHA."""
+    return {"config": config, "versions": package_versions(), "device": device_info(),
+            "git_sha": git_sha()}

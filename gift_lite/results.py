@@ -1,0 +1,76 @@
+"""Result files: the long-format schema, run JSON, and atomic writes.
+
+Every result file is written to a temporary file in the same folder and renamed into place,
+so a killed run never leaves a truncated file for a later notebook to read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from gift_lite.repro import run_info
+
+# One row per measured number (data/<world>/results.csv). stage: base | init | rl;
+# split: id | ood | "" for split-free metrics.
+RESULT_COLUMNS = ("method", "beta", "seed", "stage", "split", "metric", "value")
+STAGES = ("base", "init", "rl")
+SPLITS = ("id", "ood", "")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
+    return atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n"))
+
+
+def write_run_json(path: str | Path, config: dict) -> Path:
+    """The ``*_run.json`` beside a result file: config, versions, device, git SHA."""
+    return write_json(path, run_info(config))
+
+
+def check_results(frame: pd.DataFrame) -> pd.DataFrame:
+    """Validate a long-format results table; raises ``ValueError`` naming the bad column/row."""
+    missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"results table is missing columns {missing}; expected {list(RESULT_COLUMNS)}")
+    bad_stage = ~frame["stage"].isin(STAGES)
+    if bad_stage.any():
+        raise ValueError(f"stage={frame.loc[bad_stage, 'stage'].iloc[0]!r} is not one of {STAGES}")
+    split = frame["split"].fillna("")
+    bad_split = ~split.isin(SPLITS)
+    if bad_split.any():
+        raise ValueError(f"split={split[bad_split].iloc[0]!r} is not one of {SPLITS}")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    bad = values.isna() | values.map(lambda v: isinstance(v, float) and math.isinf(v))
+    if bad.any():
+        row = frame[bad].iloc[0].to_dict()
+        raise ValueError(f"value is not a finite number in row {row}")
+    return frame
