@@ -6,3 +6,8 @@ GIFT fits, per response token, the finite-temperature Gibbs target
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Trainers ping the hub with usage telemetry on start-up; a reproduction companion should not.
+_os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -1,0 +1,70 @@
+"""GRPO from each initialiser, on TRL's ``GRPOTrainer`` (FACTS.md §3 "RL").
+
+The paper's RL stage: GRPO, group size 8, rollout temperature 1.0, clip 0.2, KL coefficient 0,
+advantages not divided by the group's standard deviation, binary reward. Only lengths, batch
+sizes, steps and the learning rate change between the miniature and real models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pandas as pd
+from trl import GRPOConfig, GRPOTrainer
+
+from gift_lite.models import trainable_parameters
+
+
+@dataclass(frozen=True)
+class GRPOSettings:
+    """What differs from TRL's defaults, each with where the value comes from."""
+
+    num_generations: int = 8  # group size 8 (paper)
+    temperature: float = 1.0  # rollout temperature 1.0 (paper)
+    epsilon: float = 0.2  # clip 0.2 (paper)
+    beta: float = 0.0  # KL coefficient 0 (paper)
+    scale_rewards: str = "none"  # no std-normalisation of advantages (paper)
+    loss_type: str = "dapo"  # token-mean over the batch, verl's default aggregation (official code)
+    learning_rate: float = 1e-6  # paper, full fine-tuning of 7-8B models; LoRA needs more (presets)
+    per_device_train_batch_size: int = 64  # completions per step = prompts x group size (ours)
+    max_completion_length: int = 512  # ours; the paper samples up to 8192 tokens
+    max_steps: int = 100  # paper: one epoch over 10k prompts at batch 128 (~78 steps)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a "
+                             f"multiple of num_generations={self.num_generations}")
+        for name in ("learning_rate", "max_steps", "max_completion_length", "num_generations"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name}={value!r} must be > 0")
+
+
+def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOConfig:
+    """A ``GRPOConfig`` from the settings; ``overrides`` pass any other TRL field."""
+    kwargs = dict(asdict(settings), output_dir=output_dir, logging_steps=1, save_strategy="no", report_to=[])
+    kwargs.update(overrides)
+    return GRPOConfig(**kwargs)
+
+
+def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig) -> GRPOTrainer:
+    """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
+
+    Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
+    """
+    if trainable_parameters(model) == 0:
+        raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
+                          processing_class=tokenizer)
+    trainer.train()
+    return trainer
+
+
+def reward_curve(trainer: GRPOTrainer) -> pd.DataFrame:
+    """Per-step training curves from TRL's log: reward and the share of zero-variance groups."""
+    rows = [{"step": log["step"], "reward": log["reward"],
+             "frac_reward_zero_std": log.get("frac_reward_zero_std", float("nan"))}
+            for log in trainer.state.log_history if "reward" in log]
+    return pd.DataFrame(rows, columns=["step", "reward", "frac_reward_zero_std"])

@@ -1,0 +1,106 @@
+"""GIFTTrainer trains a tiny local Qwen2 with every loss, LoRA and QLoRA, on CPU in seconds."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from gift_lite.losses import LOSSES
+from gift_lite.models import LoraSettings, load_lora, load_qlora
+from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from transformers import AutoModelForCausalLM
+
+
+def make_config(tmp_path, **overrides) -> GIFTConfig:
+    settings = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2,
+                    learning_rate=5e-2, logging_steps=1, save_strategy="no", report_to=[],
+                    use_cpu=True, seed=0, disable_tqdm=True, max_length=64, bf16=False)
+    settings.update(overrides)
+    return GIFTConfig(**settings)
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def base_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def train(model, tokenizer, rows, config):
+    trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer)
+    result = trainer.train()
+    return trainer, result
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSSES))
+def test_every_loss_trains_lora_and_keeps_base(loss_type, tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    before_adapter, before_base = adapter_state(model), base_state(model)
+    config = make_config(tmp_path, loss_type=loss_type, beta=1.0)
+    trainer, result = train(model, tokenizer, sft_rows, config)
+    assert math.isfinite(result.training_loss)
+    after_adapter = adapter_state(model)
+    assert any(not torch.equal(before_adapter[n], after_adapter[n]) for n in before_adapter)
+    for n, w in base_state(model).items():
+        assert torch.equal(before_base[n], w), n
+
+
+def test_qlora_gift_trains_adapters_only(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = load_qlora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    before_adapter, before_base = adapter_state(model), base_state(model)
+    trainer, result = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type="gift", beta=2.0))
+    assert math.isfinite(result.training_loss)
+    after = adapter_state(model)
+    assert any(not torch.equal(before_adapter[n], after[n]) for n in before_adapter)
+    for n, w in base_state(model).items():
+        assert torch.equal(before_base[n], w), n
+
+
+def test_gift_at_infinite_beta_is_sft(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    states = []
+    for loss_type, beta in (("sft", 20.0), ("gift", float("inf"))):
+        model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+        train(model, tokenizer, sft_rows, make_config(tmp_path / loss_type, loss_type=loss_type, beta=beta))
+        states.append(adapter_state(model))
+    for n in states[0]:
+        torch.testing.assert_close(states[0][n], states[1][n], rtol=0, atol=0)
+
+
+def test_anchor_is_the_adapter_free_base(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    trainer, _ = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type="gift", beta=1.0))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = tokenizer(["3 5 7>26:5*7"], return_tensors="pt")
+    anchor = trainer._anchor_logits(trainer.model, dict(ids))
+    torch.testing.assert_close(anchor, base(**ids).logits[:, :-1])
+    assert not torch.allclose(anchor, model(**ids).logits[:, :-1])  # the adapter did move the student
+
+
+def test_full_finetune_uses_a_frozen_copy(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer, result = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type="gift", beta=1.0))
+    assert math.isfinite(result.training_loss)
+    frozen = dict(trainer._frozen_base.named_parameters())
+    for n, w in reference.items():
+        assert torch.equal(frozen[n], w), n
+    assert any(not torch.equal(p, reference[n]) for n, p in model.named_parameters())
+
+
+def test_training_is_deterministic(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    states = []
+    for run in range(2):
+        model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+        train(model, tokenizer, sft_rows, make_config(tmp_path / str(run), loss_type="gift", beta=1.0))
+        states.append(adapter_state(model))
+    for n in states[0]:
+        assert torch.equal(states[0][n], states[1][n]), n
+
+
+@pytest.mark.parametrize("field,value", [("loss_type", "ppo"), ("loss_type", "nll")])
+def test_config_rejects_unknown_loss(field, value, tmp_path):
+    with pytest.raises(ValueError, match=field):
+        make_config(tmp_path, **{field: value})
