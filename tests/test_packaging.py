@@ -1,0 +1,59 @@
+"""environment.yml and pyproject.toml name the same pinned versions; set-up files agree."""
+
+import re
+import tomllib
+
+from gift_lite.repro import repo_root
+
+ROOT = repo_root()
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(==.+)$")
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        specs += extra
+    return dict(PIN.match(s).groups() for s in specs)
+
+
+def environment_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        match = PIN.match(line.strip().removeprefix("- ").strip())
+        if match:
+            pins[match.group(1)] = match.group(2)
+    return pins
+
+
+def test_every_dependency_is_pinned():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        assert PIN.match(spec), f"{spec!r} is not pinned with =="
+
+
+def test_environment_yml_matches_pyproject():
+    assert environment_pins() == pyproject_pins()
+
+
+def test_ecosystem_pins_name_a_minor_release():
+    pins = pyproject_pins()
+    for name in ("transformers", "trl", "peft", "bitsandbytes", "datasets"):
+        assert re.fullmatch(r"==\d+\.\d+\.\*", pins[name]), (name, pins[name])
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_every_notebook_has_a_parameters_cell():
+    import nbformat
+
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, path.name
+        assert "preset" in tagged[0].source, path.name

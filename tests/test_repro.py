@@ -1,0 +1,84 @@
+"""Presets, result files and the batch runner's argument handling."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from gift_lite import reproduce
+from gift_lite.presets import PRESETS, resolve_preset
+from gift_lite.repro import repo_root, run_info, seed_everything
+from gift_lite.results import check_results, write_csv, write_json, write_run_json
+
+
+def test_env_var_selects_the_preset(monkeypatch):
+    monkeypatch.setenv("GIFT_PRESET", "smoke")
+    assert resolve_preset(None).name == "smoke"
+    assert resolve_preset("mini").name == "mini"  # an explicit parameter wins
+    monkeypatch.delenv("GIFT_PRESET")
+    assert resolve_preset(None).name == "mini"
+
+
+@pytest.mark.parametrize("bad", ["tiny", "", 3, ["smoke"]])
+def test_unknown_preset_lists_the_valid_ones(bad):
+    with pytest.raises(ValueError, match="smoke"):
+        resolve_preset(bad)
+
+
+def test_smoke_never_writes_committed_results():
+    smoke, mini = PRESETS["smoke"], PRESETS["mini"]
+    assert "scratch" in smoke.data_dir("mini").parts
+    assert "scratch" in smoke.figures_dir().parts
+    assert mini.data_dir("mini") == repo_root() / "data" / "mini"
+
+
+def test_run_json_records_config_versions_device_and_sha(tmp_path):
+    path = write_run_json(tmp_path / "x_run.json", {"beta": 5.0})
+    info = json.loads(path.read_text())
+    assert info["config"] == {"beta": 5.0}
+    assert info["versions"]["torch"].startswith("2.")
+    assert info["device"]["cpu_count"] >= 1
+    assert info["git_sha"]
+    assert set(run_info({})) == {"config", "versions", "device", "git_sha"}
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    frame = pd.DataFrame({"a": [1, 2]})
+    write_csv(tmp_path / "sub" / "t.csv", frame)
+    write_json(tmp_path / "sub" / "t.json", {"k": 1})
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["t.csv", "t.json"]
+
+    def fail(_):
+        raise RuntimeError("killed")
+
+    from gift_lite.results import atomic_write
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "sub" / "t.csv", fail)
+    assert pd.read_csv(tmp_path / "sub" / "t.csv").equals(frame)  # the old file survives
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["t.csv", "t.json"]
+
+
+def results_row(**overrides):
+    row = dict(method="gift", beta=5.0, seed=0, stage="init", split="id", metric="pass@1", value=0.3)
+    row.update(overrides)
+    return row
+
+
+@pytest.mark.parametrize("bad,match", [({"stage": "after"}, "stage"), ({"split": "test"}, "split"),
+                                       ({"value": float("nan")}, "value"), ({"value": float("inf")}, "value")])
+def test_check_results_names_the_bad_field(bad, match):
+    check_results(pd.DataFrame([results_row()]))
+    with pytest.raises(ValueError, match=match):
+        check_results(pd.DataFrame([results_row(**bad)]))
+
+
+def test_seed_rejects_bad_values():
+    seed_everything(0)
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(-1)
+
+
+def test_reproduce_rejects_unknown_notebook_numbers():
+    with pytest.raises(ValueError, match="only"):
+        reproduce.notebooks(["99"])
+    assert reproduce.main(["reproduce", "--preset", "smoke", "--only", "99"]) == 1
