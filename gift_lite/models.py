@@ -118,5 +118,10 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, *, is_trainable
     return model
 
 
+def cuda_bf16() -> bool:
+    """Whether to train in bf16: on a GPU that supports it; CPU training stays in fp32."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

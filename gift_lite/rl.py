@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 from trl import GRPOConfig, GRPOTrainer
 
-from gift_lite.models import trainable_parameters
+from gift_lite.models import cuda_bf16, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class GRPOSettings:
 
 def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOConfig:
     """A ``GRPOConfig`` from the settings; ``overrides`` pass any other TRL field."""
-    kwargs = dict(asdict(settings), output_dir=output_dir, logging_steps=1, save_strategy="no", report_to=[])
+    kwargs = dict(asdict(settings), output_dir=output_dir, logging_steps=1, save_strategy="no", report_to=[],
+                  bf16=cuda_bf16())
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
 

@@ -25,6 +25,7 @@ from trl import SFTConfig, SFTTrainer
 
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
                               DEFAULT_KL_COEF, LOSS_HPARAMS, LOSSES)
+from gift_lite.models import cuda_bf16
 
 
 @dataclass
@@ -42,6 +43,8 @@ class GIFTConfig(SFTConfig):
     def __post_init__(self):
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {sorted(LOSSES)}")
+        if self.bf16 is None:  # TRL defaults to bf16 everywhere; on CPU that only slows training down
+            self.bf16 = cuda_bf16()
         super_loss_type, self.loss_type = self.loss_type, "nll"  # SFTConfig validates its own names
         try:
             super().__post_init__()

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 def make_config(tmp_path, **overrides) -> GIFTConfig:
     settings = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2,
                     learning_rate=5e-2, logging_steps=1, save_strategy="no", report_to=[],
-                    use_cpu=True, seed=0, disable_tqdm=True, max_length=64, bf16=False)
+                    use_cpu=True, seed=0, disable_tqdm=True, max_length=64)
     settings.update(overrides)
     return GIFTConfig(**settings)
 
