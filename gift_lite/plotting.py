@@ -1,0 +1,305 @@
+"""Figures: one house style, one colour per method, deterministic PNG + PDF files.
+
+Colours are fixed project-wide so a reader learns them once: SFT is always vermillion, GIFT
+always blue, the base model grey (Okabe–Ito palette, safe for colour-blind readers). A sweep over
+``beta`` runs from the base colour (``beta = 0``) through blues (finite ``beta``, GIFT) to the SFT
+colour (``beta = inf``), which is GIFT's story as a diff from SFT.
+
+Plot functions take the tables the notebooks write to ``data/`` and return a Figure; they never
+import training code.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from cycler import cycler
+
+from gift_lite.results import atomic_write
+
+METHOD_COLORS: dict[str, str] = {
+    "sft": "#D55E00",          # vermillion
+    "gift": "#0072B2",         # blue
+    "sft_entropy": "#E69F00",  # orange
+    "dft": "#CC79A7",          # reddish purple
+    "asft": "#009E73",         # bluish green
+    "psft": "#56B4E9",         # sky blue
+    "base": "#8C8C8C",         # grey
+    "rl_only": "#000000",      # black
+}
+METHOD_LABELS: dict[str, str] = {
+    "sft": "SFT (β = ∞)", "gift": "GIFT", "sft_entropy": "SFT + entropy", "dft": "DFT",
+    "asft": "ASFT", "psft": "PSFT", "base": "base", "rl_only": "RL only",
+}
+# Reference curves that are not methods (a theoretical optimum, a target): drawn dotted.
+REFERENCE_COLOR = "#444444"
+
+DPI = 150
+STYLE: dict = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 100,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "font.family": "DejaVu Sans",  # ships with matplotlib: identical glyphs on every machine
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.prop_cycle": cycler(color=list(METHOD_COLORS.values())),
+    "legend.fontsize": 8.5,
+    "legend.frameon": False,
+    "lines.linewidth": 1.8,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "pdf.fonttype": 42,  # embed TrueType so text stays text in the PDF
+}
+# No timestamps or version strings in the files, so a rerun gives identical bytes.
+_METADATA = {"png": {"Software": None},
+             "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+
+
+def use_style() -> None:
+    """Apply the house style to every later figure of this process (call once in a notebook)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+@contextmanager
+def style():
+    """The house style inside a ``with`` block only (for library code and tests)."""
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def method_color(method: str) -> str:
+    """The project colour of ``method``; raises ``KeyError`` naming the known methods."""
+    try:
+        return METHOD_COLORS[method]
+    except KeyError:
+        raise KeyError(f"method={method!r} has no colour; known: {sorted(METHOD_COLORS)}") from None
+
+
+def beta_color(beta: float, beta_max: float = 30.0):
+    """Colour of a GIFT run at ``beta``: base grey at 0, blues for finite beta, SFT at inf."""
+    if beta == 0:
+        return METHOD_COLORS["base"]
+    if math.isinf(beta):
+        return METHOD_COLORS["sft"]
+    shade = 0.45 + 0.5 * min(1.0, math.log1p(beta) / math.log1p(beta_max))
+    return plt.get_cmap("Blues")(shade)
+
+
+def method_label(method: str, beta: float | None = None) -> str:
+    """Legend text for ``method``; GIFT shows its ``beta`` when given."""
+    if method == "gift" and beta is not None:
+        return f"GIFT (β = {beta:g})"
+    return {"ideal": "Gibbs start π_base·exp(βR)", "optimum": "π* ∝ π_base·exp(ηR)"}.get(
+        method, METHOD_LABELS.get(method, method))
+
+
+def beta_label(beta: float) -> str:
+    if math.isinf(beta):
+        return "β = ∞ (SFT)"
+    if beta == 0:
+        return "β = 0 (base)"
+    return f"β = {beta:g}"
+
+
+def save_figure(fig, name: str, figures_dir) -> list[Path]:
+    """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``figures_dir`` atomically.
+
+    Metadata that would change between runs (dates, software versions) is left out, so two
+    calls on the same figure give byte-identical files. Returns ``[png_path, pdf_path]``.
+    """
+    paths = []
+    for fmt, metadata in _METADATA.items():
+        path = Path(figures_dir) / f"{name}.{fmt}"
+        atomic_write(path, lambda tmp, fmt=fmt, metadata=metadata:
+                     fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata))
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Theory figures (notebook 01); each takes the table written to data/theory/
+# ---------------------------------------------------------------------------------------------
+
+
+def _symlog_beta(ax, beta_max: float) -> None:
+    # beta = 0 is the base model, so the axis must reach 0: linear on [0, 1], log beyond.
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+    ax.set_xlim(0, beta_max)
+    ax.set_xlabel("β (inverse temperature)")
+
+
+def plot_target_bars(base, targets: dict, gold: int, ax=None):
+    """Grouped bars: the base next-token distribution and the target at each ``beta``.
+
+    ``targets`` maps ``beta -> probabilities``; ``beta = 0`` is drawn in the base colour.
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7.0, 3.4))
+    vocab = np.arange(len(base))
+    width = 0.8 / len(targets)
+    for i, (beta, probs) in enumerate(targets.items()):
+        ax.bar(vocab + (i - (len(targets) - 1) / 2) * width, probs, width,
+               color=beta_color(beta), label=beta_label(beta))
+    ax.set_xticks(vocab, [("y*" if k == gold else str(k)) for k in vocab])
+    ax.get_xticklabels()[gold].set_fontweight("bold")
+    ax.set_xlabel("token (y* = the expert's token)")
+    ax.set_ylabel("probability")
+    ax.set_ylim(0, 1.02)
+    ax.legend(ncols=min(4, len(targets)), loc="upper right")
+    return fig
+
+
+def plot_beta_sweep(sweep, marks: dict | None = None):
+    """Three panels against ``beta``: gold mass, target entropy, KL(target ‖ base).
+
+    ``sweep`` has the columns of ``theory.beta_sweep``; one line per ``p_gold``. ``marks`` maps a
+    label to a beta drawn as a dotted vertical line (e.g. the official default 20). Dashed
+    horizontal lines in the KL panel are the SFT limit ``-log p_gold``.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4), layout="constrained")
+    p_golds = sorted(sweep["p_gold"].unique())
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(p_golds)))
+    beta_max = sweep["beta"].max()
+    panels = [("target/gold_mass", "target mass on the expert token"),
+              ("target/entropy", "target entropy (nats)"),
+              ("target/kl_to_base", "KL(target ‖ base) (nats); dashed: β = ∞")]
+    for ax, (column, title) in zip(axes, panels):
+        for p_gold, color in zip(p_golds, colors):
+            rows = sweep[sweep["p_gold"] == p_gold].sort_values("beta")
+            ax.plot(rows["beta"], rows[column], color=color, label=f"p_base(y*) = {p_gold:g}")
+            if column == "target/kl_to_base":
+                ax.axhline(-math.log(p_gold), color=color, lw=0.9, ls="--")
+        for label, beta in (marks or {}).items():
+            ax.axvline(beta, color=REFERENCE_COLOR, lw=0.9, ls=":", label=f"β = {beta:g} ({label})")
+        _symlog_beta(ax, beta_max)
+        ax.set_title(title)
+    axes[0].legend(loc="upper left")
+    return fig
+
+
+def plot_tree_paths(paths, beta: float | None = None):
+    """Path probabilities at the RL start (top) and after KL-regularised RL (bottom).
+
+    ``paths`` is the long table of ``theory.tree_paths``; the bars are the starts that have a
+    project colour (base, sft, gift; ``beta`` labels GIFT), the optimum ``pi*`` is drawn as
+    dashed outlines in the bottom panel. Correct paths are marked under their label.
+    """
+    fig, axes = plt.subplots(2, 1, figsize=(7.6, 5.2), sharex=True, layout="constrained")
+    labels = list(dict.fromkeys(paths["path"]))
+    methods = [m for m in dict.fromkeys(paths["method"]) if m in METHOD_COLORS]
+    x = np.arange(len(labels))
+    width = 0.8 / len(methods)
+    for ax, stage, title in zip(axes, ("init", "rl"), ("RL start", "after KL-regularised RL")):
+        for i, method in enumerate(methods):
+            rows = paths[(paths["method"] == method) & (paths["stage"] == stage)]
+            ax.bar(x + (i - (len(methods) - 1) / 2) * width, rows["prob"], width,
+                   color=METHOD_COLORS[method], label=method_label(method, beta))
+        ax.set_ylabel("path probability")
+        ax.set_title(title, loc="left")
+        ax.set_ylim(0, 1.05)
+    optimum = paths[paths["method"] == "optimum"]
+    axes[1].bar(x, optimum["prob"], 0.86, fill=False, edgecolor=REFERENCE_COLOR, lw=1.0,
+                ls="--", label=method_label("optimum"))
+    reward = paths[paths["method"] == "optimum"]["train_reward"].to_numpy()
+    test = paths[paths["method"] == "optimum"]["test_reward"].to_numpy()
+    axes[1].set_xticks(x, [f"{p}\n{'✓' if r else ''}{'ᵗ' if t else ''}"
+                           for p, r, t in zip(labels, reward, test)])
+    axes[1].set_xlabel("reasoning path (✓ correct on the training variant, ᵗ also on the test variant)")
+    axes[0].legend(ncols=len(methods), loc="upper left")
+    axes[1].legend(loc="upper left")
+    return fig
+
+
+def plot_tree_beta(sweep, k: int, marks: dict | None = None):
+    """The GIFT start of the tree example as ``beta`` varies: training reward (left), test
+    pass@1 and pass@k (right), before (dashed) and after (solid) KL-regularised RL.
+
+    ``sweep`` is the long table of ``theory.tree_beta_sweep`` (``beta, stage, metric, value``);
+    its ``beta = inf`` rows (SFT) are drawn as dots at the right edge.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.4), layout="constrained", sharey=True)
+    finite = sweep[np.isfinite(sweep["beta"])]
+    sft = sweep[np.isinf(sweep["beta"])].set_index(["stage", "metric"])["value"]
+    edge = finite["beta"].max()
+    panels = [("expected reward, training variant", [("train/reward", "init", "--"),
+                                                      ("train/reward", "rl", "-")]),
+              ("test variant (after RL)", [("test/pass@1", "rl", ":"),
+                                           (f"test/pass@{k}", "rl", "-")])]
+    for ax, (title, curves) in zip(axes, panels):
+        for metric, stage, ls in curves:
+            rows = finite[(finite["metric"] == metric) & (finite["stage"] == stage)]
+            rows = rows.sort_values("beta")
+            ax.plot(rows["beta"], rows["value"], color=METHOD_COLORS["gift"], ls=ls,
+                    label=f"{metric} ({'start' if stage == 'init' else 'after RL'})")
+            ax.plot([edge], [sft[stage, metric]], marker="o", ls="", color=METHOD_COLORS["sft"])
+        ax.plot([], [], marker="o", ls="", color=METHOD_COLORS["sft"], label="SFT (β = ∞)")
+        for label, beta in (marks or {}).items():
+            ax.axvline(beta, color=REFERENCE_COLOR, lw=0.9, ls=":")
+            ax.text(beta, 0.02, f" {label}", transform=ax.get_xaxis_transform(), fontsize=8,
+                    color=REFERENCE_COLOR)
+        _symlog_beta(ax, edge * 1.08)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.legend(loc="center right")
+    axes[0].set_ylabel("probability")
+    return fig
+
+
+def plot_pg_dynamics(dynamics, beta: float | None = None):
+    """Exact policy-gradient RL from each start: training reward and test pass@1 per step.
+
+    ``dynamics`` is the table of ``theory.pg_dynamics`` (``method, step, metric, value``).
+    """
+    metrics = [("train/reward", "expected reward, training variant"),
+               ("test/pass@1", "pass@1, test variant")]
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.4), layout="constrained", sharex=True)
+    for ax, (metric, title) in zip(axes, metrics):
+        for method in dict.fromkeys(dynamics["method"]):
+            rows = dynamics[(dynamics["method"] == method) & (dynamics["metric"] == metric)]
+            ax.plot(rows["step"], rows["value"], color=METHOD_COLORS.get(method, REFERENCE_COLOR),
+                    ls="-" if method in METHOD_COLORS else ":", label=method_label(method, beta))
+        ax.set_title(title)
+        ax.set_xlabel("policy-gradient step")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].set_ylabel("probability")
+    axes[0].legend(loc="lower right")
+    return fig
+
+
+def plot_beta_explorer(p_base, target, gold: int, path_labels, start, after_rl, beta: float,
+                       reward=None):
+    """One ``beta`` at a glance: the token target (left) and the tree's paths (right).
+
+    Left: base next-token distribution and the GIFT target at ``beta``. Right: path
+    probabilities of the GIFT start at ``beta`` and after KL-regularised RL from it; ``reward``
+    (0/1 per path) marks the correct paths under their labels.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.0, 3.4), layout="constrained",
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    plot_target_bars(p_base, {0.0: p_base, beta: target} if beta != 0 else {0.0: p_base},
+                     gold, ax=left)
+    left.set_title(f"next-token target at {beta_label(beta)}", loc="left")
+    x = np.arange(len(path_labels))
+    color = beta_color(beta)
+    right.bar(x - 0.2, start, 0.4, color=color, alpha=0.45, label="RL start")
+    right.bar(x + 0.2, after_rl, 0.4, color=color, label="after KL-regularised RL")
+    marks = ["✓" if r else "" for r in (reward if reward is not None else [0] * len(x))]
+    right.set_xticks(x, [f"{p}\n{m}" for p, m in zip(path_labels, marks)])
+    right.set_ylim(0, 1.05)
+    right.set_ylabel("path probability")
+    right.set_title("tree of reasoning paths (✓ correct)", loc="left")
+    right.legend(loc="upper left")
+    return fig
