@@ -11,3 +11,9 @@ import os as _os
 
 # Trainers ping the hub with usage telemetry on start-up; a reproduction companion should not.
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import logging as _logging
+
+# On CPUs with AVX512-BF16, bitsandbytes tries to fetch an optional NF4 kernel from the hub and
+# warns when it cannot; it then uses its built-in kernel, which is what runs here.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -303,3 +303,81 @@ def plot_beta_explorer(p_base, target, gold: int, path_labels, start, after_rl, 
     right.set_title("tree of reasoning paths (✓ correct)", loc="left")
     right.legend(loc="upper left")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Miniature figures (notebooks 03-05); each takes data/mini/results.csv or curves.csv
+# ---------------------------------------------------------------------------------------------
+
+
+def run_color(method: str, beta: float):
+    """GIFT runs are coloured by β (``beta_color``); every other method by its project colour."""
+    return beta_color(beta) if method == "gift" else method_color(method)
+
+
+def plot_pass_at_k(results, *, stage: str, split: str = "id", ax=None):
+    """pass@k against k for every (method, β), mean over seeds with a ±1 std band."""
+    fig, ax = _figure(ax)
+    rows = results[(results["stage"] == stage) & (results["split"] == split)
+                   & results["metric"].str.startswith("pass@")].copy()
+    rows["k"] = rows["metric"].str.removeprefix("pass@").astype(int)
+    for (method, beta), group in rows.groupby(["method", "beta"], sort=False):
+        stats = group.groupby("k")["value"].agg(["mean", "std"]).fillna(0.0)
+        color = run_color(method, beta)
+        ax.plot(stats.index, stats["mean"], marker="o", ms=3, color=color, label=method_label(method, beta))
+        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color,
+                        alpha=0.15, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel(f"pass@k ({split})")
+    ax.set_title(f"pass@k, stage = {stage}")
+    ax.legend(ncol=2)
+    return fig
+
+
+def plot_beta_curves(curves: dict, beta_max: float = 30.0):
+    """One panel per curve (``claims.beta_curve`` tables): mean ± std against β, ∞ drawn at the right."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, (title, curve) in zip(axes[0], curves.items()):
+        x = np.where(np.isinf(curve["beta"]), beta_max, curve["beta"])
+        ax.errorbar(x, curve["mean"], yerr=curve["std"], color=METHOD_COLORS["gift"], marker="o", capsize=3)
+        for xi, beta in zip(x, curve["beta"]):
+            ax.plot(xi, curve.loc[curve["beta"] == beta, "mean"].iloc[0], "o", color=beta_color(beta), zorder=3)
+        _symlog_beta(ax, beta_max * 1.05)
+        ticks = [t for t in (0, 1, 2, 5, 10, 20) if t < beta_max] + [beta_max]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
+        ax.set_title(title)
+    return fig
+
+
+def plot_reward_curves(curves, window: int = 5):
+    """GRPO batch reward against step, mean over seeds, smoothed with a ``window``-step moving mean."""
+    fig, ax = _figure(None)
+    for (method, beta), group in curves.groupby(["method", "beta"], sort=False):
+        mean = group.groupby("step")["reward"].mean().rolling(window, min_periods=1).mean()
+        ax.plot(mean.index, mean.values, color=run_color(method, beta), label=method_label(method, beta))
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("batch reward")
+    ax.legend(ncol=2)
+    return fig
+
+
+def plot_metric_bars(results, *, stage: str, metrics: tuple[str, ...] = ("entropy", "kl_to_base", "topk_overlap")):
+    """One panel per split-free metric: a bar per (method, β), mean ± std over seeds."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        rows = results[(results["stage"] == stage) & (results["metric"] == metric)]
+        stats = rows.groupby(["method", "beta"], sort=False)["value"].agg(["mean", "std"]).fillna(0.0)
+        labels = [method_label(m, b) for m, b in stats.index]
+        colors = [run_color(m, b) for m, b in stats.index]
+        ax.bar(range(len(stats)), stats["mean"], yerr=stats["std"], color=colors, capsize=2)
+        ax.set_xticks(range(len(stats)), labels, rotation=60, ha="right", fontsize=7.5)
+        ax.set_title(f"{metric} ({stage})")
+    return fig
+
+
+def _figure(ax):
+    if ax is None:
+        fig, ax = plt.subplots()
+        return fig, ax
+    return ax.figure, ax

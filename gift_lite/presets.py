@@ -11,7 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gift_lite.mini import INF, EvalSettings, InitSettings, MiniSettings
+from gift_lite.models import LoraSettings, TinyModelConfig
 from gift_lite.repro import repo_root
+from gift_lite.rl import GRPOSettings
+from gift_lite.world import PretrainConfig, WorldConfig
 
 ENV_VAR = "GIFT_PRESET"
 DEFAULT = "mini"
@@ -21,7 +25,7 @@ DEFAULT = "mini"
 class Preset:
     name: str
     scratch: bool  # True: write under scratch/, never over committed results (STYLE.md)
-    seeds: tuple[int, ...]  # seeds per method (ours: >= 3 for the mini claims, 1 for smoke)
+    mini: MiniSettings  # the miniature's protocol at this scale (notebooks 02-05)
 
     def data_dir(self, world: str) -> Path:
         """Folder for this preset's result files of ``world`` (e.g. ``mini``, ``theory``)."""
@@ -34,10 +38,25 @@ class Preset:
         return repo_root() / "scratch" / self.name if self.scratch else repo_root()
 
 
+# Smoke: every stage of the protocol, each cut to seconds, to check that the code runs.
+SMOKE_MINI = MiniSettings(
+    world=WorldConfig(n_id_test=8, n_ood_test=8, n_sft=16, n_rl=16, corpus_size=2000),
+    model=TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          intermediate_size=64),
+    pretrain=PretrainConfig(max_steps=40, batch_size=32, warmup_steps=5),
+    init=InitSettings(num_train_epochs=1, per_device_train_batch_size=8, lora=LoraSettings(r=4, lora_alpha=8)),
+    eval=EvalSettings(num_samples=4, ks=(1, 2, 4), batch_size=64),
+    rl=GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=16, max_steps=2,
+                    learning_rate=1e-3),
+    betas=(1.0, INF), baselines=("dft",), rl_methods=("sft", "gift", "rl_only"), seeds=(0,))
+
+# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (README "Budgets").
+MINI = MiniSettings()
+
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(name="smoke", scratch=True, seeds=(0,)),
-    "mini": Preset(name="mini", scratch=False, seeds=(0, 1, 2)),
-    "gpu": Preset(name="gpu", scratch=False, seeds=(0,)),
+    "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI),
+    "mini": Preset(name="mini", scratch=False, mini=MINI),
+    "gpu": Preset(name="gpu", scratch=False, mini=MINI),
 }
 
 

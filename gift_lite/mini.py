@@ -1,0 +1,304 @@
+"""The miniature's protocol: base → initialiser (SFT, GIFT, baselines) → GRPO, with evaluation.
+
+Every unit of work (one method, β and seed at one stage) writes its own rows file under
+``<data_dir>/units/<stage>/<key>.csv`` (atomically) and is skipped when that file exists, so an
+interrupted notebook resumes where it stopped and a finished one re-runs in seconds.
+``collect`` gathers the units into the long-format ``results.csv`` (``results.RESULT_COLUMNS``).
+
+Every method gets the same data, steps, learning rate and LoRA shape (``InitSettings``), and
+every RL run the same ``GRPOSettings``: only the loss differs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+
+from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
+                                weight_geometry)
+from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_adapter
+from gift_lite.repro import seed_everything
+from gift_lite.results import RESULT_COLUMNS, write_csv
+from gift_lite.rewards import countdown_reward_func
+from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
+from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.world import PretrainConfig, World, WorldConfig, expert_solution, pretrain_base
+
+INF = float("inf")
+# Methods that train an initialiser with GIFTTrainer; "base" is the untouched base model and
+# "rl_only" is GRPO straight from the base (FACTS.md §4).
+INIT_METHODS = ("sft", "gift", "sft_entropy", "dft", "asft", "psft")
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """The SFT stage, identical for every method (only the loss differs)."""
+
+    num_train_epochs: int = 12  # issue 3 probe: differences appeared after ~12 epochs, not 4 (paper: 10)
+    learning_rate: float = 1e-3  # ours: LoRA on a 1 M-parameter model (paper: 1e-5, full fine-tuning)
+    per_device_train_batch_size: int = 32  # ours (paper: 128 sequences of up to 8192 tokens)
+    lr_scheduler_type: str = "constant"  # paper: constant, no warm-up
+    weight_decay: float = 0.01  # official SFT script
+    adam_beta2: float = 0.95  # official SFT script (beta1 0.9 is the default)
+    max_grad_norm: float = 1.0  # official SFT script
+    lora: LoraSettings = LoraSettings(r=8, lora_alpha=16)  # ours
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    num_samples: int = 16  # ours: enough for pass@16 (the paper reports pass@1..8 before RL)
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # issue 3
+    temperature: float = 1.0  # ours: the rollout temperature, so pass@k measures what RL can explore
+    max_new_tokens: int = 32  # a solution has at most 15 characters
+    batch_size: int = 512  # sequences per generate call
+
+
+@dataclass(frozen=True)
+class MiniSettings:
+    """Everything a miniature run depends on; one instance per preset (presets.py)."""
+
+    world: WorldConfig = WorldConfig()
+    model: TinyModelConfig = TinyModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    init: InitSettings = InitSettings()
+    eval: EvalSettings = EvalSettings()
+    rl: GRPOSettings = GRPOSettings()
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 20.0, INF)  # GIFT's β grid (notebook 03 shows why)
+    baselines: tuple[str, ...] = ("sft_entropy", "dft", "asft", "psft")
+    rl_methods: tuple[str, ...] = ("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only")
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def init_runs(self) -> list[tuple[str, float]]:
+        """(method, β) of every initialiser: SFT, GIFT at each finite β, then the baselines."""
+        runs = [("sft", INF)] + [("gift", b) for b in self.betas if b != INF]
+        return runs + [(m, INF) for m in self.baselines]
+
+    def rl_runs(self) -> list[tuple[str, float]]:
+        """(method, β) of every RL run: each initialiser whose method is in ``rl_methods``, then RL only."""
+        runs = [(m, b) for m, b in self.init_runs() if m in self.rl_methods]
+        return runs + ([("rl_only", INF)] if "rl_only" in self.rl_methods else [])
+
+    def config_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def describe(settings: MiniSettings, *, preset: str) -> str:
+    """A short, stable summary of a run's settings for a notebook's config cell."""
+    w, e, i, r = settings.world, settings.eval, settings.init, settings.rl
+    return "\n".join([
+        f"preset {preset}; seeds {list(settings.seeds)}",
+        f"world: {w.n_sft} SFT / {w.n_rl} RL / {w.n_id_test} ID test / {w.n_ood_test} OOD test problems, "
+        f"{w.corpus_size:,} corpus attempts",
+        f"base: hidden {settings.model.hidden_size}, {settings.model.num_hidden_layers} layers; "
+        f"pretraining {settings.pretrain.max_steps} steps x {settings.pretrain.batch_size}",
+        f"initialisers: {[f'{m}' if m != 'gift' else f'gift b={b:g}' for m, b in settings.init_runs()]}",
+        f"  LoRA r={i.lora.r}, {i.num_train_epochs} epochs, lr {i.learning_rate:g}, batch {i.per_device_train_batch_size}",
+        f"GRPO: {r.max_steps} steps, {r.per_device_train_batch_size // r.num_generations} prompts x "
+        f"{r.num_generations} samples, lr {r.learning_rate:g}, for {list(settings.rl_methods)}",
+        f"evaluation: {e.num_samples} samples per problem at temperature {e.temperature:g}, k in {list(e.ks)}",
+    ])
+
+
+# -- keys and paths --------------------------------------------------------------------------------
+def unit_key(method: str, beta: float, seed: int) -> str:
+    return f"{method}_beta{beta:g}_seed{seed}"
+
+
+def unit_path(data_dir: Path, stage: str, key: str) -> Path:
+    return Path(data_dir) / "units" / stage / f"{key}.csv"
+
+
+def adapter_dir(data_dir: Path, stage: str, key: str) -> Path:
+    return Path(data_dir) / "adapters" / stage / key
+
+
+# -- the base --------------------------------------------------------------------------------------
+def base_is_current(base_dir: Path, settings: MiniSettings) -> bool:
+    """True when ``base_dir`` holds a base pretrained with exactly these world/model/pretrain settings."""
+    info = Path(base_dir) / "pretrain.json"
+    if not (info.exists() and (Path(base_dir) / "model.safetensors").exists()):
+        return False
+    saved = json.loads(info.read_text())
+    wanted = json.loads(json.dumps({"world": asdict(settings.world), "model": asdict(settings.model),
+                                    "pretrain": asdict(settings.pretrain)}))
+    return all(saved.get(k) == v for k, v in wanted.items())
+
+
+def ensure_base(world: World, settings: MiniSettings, base_dir: Path, *, force: bool = False) -> dict:
+    """Pretrain the base into ``base_dir`` unless a current one is there; returns ``pretrain.json``."""
+    if force or not base_is_current(base_dir, settings):
+        pretrain_base(world, settings.model, settings.pretrain, out_dir=base_dir)
+    return json.loads((Path(base_dir) / "pretrain.json").read_text())
+
+
+def load_policy(base_dir: Path, adapter: Path | None = None, *, trainable: bool = False):
+    """The base (fp32, eval mode) with an optional adapter on top, and its tokenizer."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = load_adapter(model, adapter, is_trainable=trainable)
+    return model.eval(), AutoTokenizer.from_pretrained(base_dir)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def evaluate_policy(model, tokenizer, world: World, settings: EvalSettings, *, seed: int,
+                    base_model=None) -> list[dict]:
+    """pass@k on ID and OOD tests, plus entropy, KL and top-K overlap to the base on held-out text.
+
+    Held-out text: the ID test problems with their expert-style solutions (the SFT distribution).
+    ``base_model=None`` with a PEFT model uses the adapter-disabled model as the base.
+    """
+    rows = []
+    for split, problems in (("id", world.id_test), ("ood", world.ood_test)):
+        metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
+                                temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                batch_size=settings.batch_size, seed=seed, progress=False)
+        rows += [{"split": split, "metric": m, "value": v} for m, v in metrics.items()]
+    prompts = [p.prompt for p in world.id_test]
+    completions = [expert_solution(p) for p in world.id_test]
+    rows.append({"split": "", "metric": "entropy", "value": token_entropy(model, tokenizer, prompts, completions)})
+    if base_model is not None or hasattr(model, "disable_adapter"):
+        rows.append({"split": "", "metric": "kl_to_base",
+                     "value": kl_to_base(model, base_model, tokenizer, prompts, completions)})
+        rows.append({"split": "", "metric": "topk_overlap",
+                     "value": topk_overlap(model, base_model, tokenizer, prompts, completions)})
+    return rows
+
+
+def _rows(method: str, beta: float, seed: int, stage: str, rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "stage", stage)
+    frame.insert(0, "seed", seed)
+    frame.insert(0, "beta", beta)
+    frame.insert(0, "method", method)
+    return frame[list(RESULT_COLUMNS)]
+
+
+def _geometry_rows(a, b, name: str) -> list[dict]:
+    geo = weight_geometry(a, b)
+    return [{"split": "", "metric": f"{name}/cosine", "value": geo["cosine"]},
+            {"split": "", "metric": f"{name}/l2", "value": geo["l2"]}]
+
+
+# -- units of work ------------------------------------------------------------------------------------
+def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path) -> pd.DataFrame:
+    """Evaluate the untouched base once (stage ``base``); cached like every unit."""
+    path = unit_path(data_dir, "base", "base")
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    model, tokenizer = load_policy(base_dir)
+    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=0, base_model=model)
+    frame = _rows("base", 0.0, 0, "base", rows)
+    write_csv(path, frame)
+    return frame
+
+
+def train_initialiser(world: World, settings: MiniSettings, base_dir: Path, method: str, beta: float,
+                      seed: int, out_dir: Path) -> dict:
+    """Train one LoRA initialiser with ``GIFTTrainer``; saves the adapter to ``out_dir``."""
+    model, tokenizer = load_policy(base_dir)
+    seed_everything(seed)  # the LoRA initialisation draws from the global RNG
+    model = add_lora(model, settings.init.lora)
+    init = settings.init
+    with tempfile.TemporaryDirectory() as scratch:
+        config = GIFTConfig(
+            output_dir=scratch, loss_type=method, beta=beta if method == "gift" else INF, seed=seed,
+            num_train_epochs=init.num_train_epochs, learning_rate=init.learning_rate,
+            per_device_train_batch_size=init.per_device_train_batch_size,
+            lr_scheduler_type=init.lr_scheduler_type, warmup_steps=0, weight_decay=init.weight_decay,
+            adam_beta2=init.adam_beta2, max_grad_norm=init.max_grad_norm, logging_steps=10,
+            save_strategy="no", report_to=[], max_length=64, disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available())
+        trainer = GIFTTrainer(model=model, args=config, train_dataset=world.sft_dataset(),
+                              processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # the notebook shows one progress bar over runs
+        result = trainer.train()
+    _save_adapter(model, out_dir)
+    return {"train/loss": result.training_loss}
+
+
+def _save_adapter(model, out_dir: Path) -> None:
+    """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
+                  beta: float, seed: int) -> pd.DataFrame:
+    """Train (or reuse) one initialiser and evaluate it (stage ``init``)."""
+    key = unit_key(method, beta, seed)
+    path = unit_path(data_dir, "init", key)
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    adapter = adapter_dir(data_dir, "init", key)
+    stats = train_initialiser(world, settings, base_dir, method, beta, seed, adapter)
+    model, tokenizer = load_policy(base_dir, adapter)
+    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=seed)
+    rows += [{"split": "", "metric": k, "value": v} for k, v in stats.items()]
+    rows += _geometry_rows(_base_state(model), model, "geometry/base_to_init")
+    frame = _rows(method, beta, seed, "init", rows)
+    write_csv(path, frame)
+    return frame
+
+
+def _base_state(model) -> dict[str, torch.Tensor]:
+    """The frozen base weights under a PEFT model, without the LoRA tensors."""
+    return {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
+                beta: float, seed: int) -> pd.DataFrame:
+    """GRPO from one initialiser (``rl_only``: from fresh adapters on the base), then evaluate (stage ``rl``).
+
+    Also writes the run's reward curve to ``units/rl_curves/<key>.csv``.
+    """
+    key = unit_key(method, beta, seed)
+    path = unit_path(data_dir, "rl", key)
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    if method == "rl_only":
+        policy, tokenizer = load_policy(base_dir)
+        seed_everything(seed)
+        policy = add_lora(policy, settings.init.lora)
+    else:
+        policy, tokenizer = load_policy(base_dir, adapter_dir(data_dir, "init", key), trainable=True)
+    start_state = {k: v.clone() for k, v in merged_state_dict(policy).items()}
+    with tempfile.TemporaryDirectory() as scratch:
+        config = grpo_config(settings.rl, scratch, seed=seed, disable_tqdm=True,
+                             use_cpu=not torch.cuda.is_available())
+        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config)
+    curve = reward_curve(trainer)
+    _save_adapter(policy, adapter_dir(data_dir, "rl", key))
+    policy.eval()
+    rows = evaluate_policy(policy, tokenizer, world, settings.eval, seed=seed)
+    rows += _geometry_rows(start_state, policy, "geometry/init_to_rl")
+    rows.append({"split": "", "metric": "rl/frac_reward_zero_std", "value": float(curve["frac_reward_zero_std"].mean())})
+    rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
+    curve.insert(0, "seed", seed)
+    curve.insert(0, "beta", beta)
+    curve.insert(0, "method", method)
+    write_csv(unit_path(data_dir, "rl_curves", key), curve)
+    frame = _rows(method, beta, seed, "rl", rows)
+    write_csv(path, frame)
+    return frame
+
+
+def collect(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished units as one long table, and all RL reward curves as another."""
+    units = Path(data_dir) / "units"
+    results = [pd.read_csv(p, keep_default_na=False) for stage in ("base", "init", "rl")
+               for p in sorted((units / stage).glob("*.csv"))]
+    curves = [pd.read_csv(p) for p in sorted((units / "rl_curves").glob("*.csv"))]
+    results = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=list(RESULT_COLUMNS))
+    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    return results, curves

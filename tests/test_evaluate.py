@@ -1,0 +1,141 @@
+"""Metrics: pass@k against brute force, sampling determinism, entropy / KL / overlap, weight geometry."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
+                                sample_completions, token_entropy, topk_overlap, weight_geometry)
+from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
+from gift_lite.world import Problem, build_tokenizer, set_special_tokens
+
+TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                       intermediate_size=64)
+PROMPTS = ["5 7 9>26:", "2 3 4>10:", "1 1 8>9:"]
+COMPLETIONS = ["5*7=35,35-9=26", "2*3=6,4+6=10", "1*1=1,1+8=9"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def tiny_model(tokenizer, seed=0):
+    model = tiny_qwen2(TINY, seed=seed)
+    set_special_tokens(model, tokenizer)
+    return model.eval()
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_pass_at_k_matches_brute_force(n):
+    for c in range(n + 1):
+        outcomes = [1] * c + [0] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(range(n), k))
+            brute = sum(any(outcomes[i] for i in s) for s in subsets) / len(subsets)
+            assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+            assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k), abs=1e-12)
+
+
+def test_pass_at_k_vectorised_and_large_n():
+    assert pass_at_k_per_problem(16, np.array([0, 1, 16]), 1) == pytest.approx([0, 1 / 16, 1])
+    assert 0.0 <= pass_at_k(1000, 3, 500) <= 1.0  # no overflow in the product form
+    assert pass_at_k(1000, 3, 500) == pytest.approx(1 - math.comb(997, 500) / math.comb(1000, 500))
+
+
+@pytest.mark.parametrize("n, c, k, name", [(4, 1, 5, "k"), (4, 5, 1, "c"), (-1, 0, 1, "n"), (4, -1, 1, "c"),
+                                           (4, 1, 0, "k"), (4, 1.5, 1, "c")])
+def test_pass_at_k_validation_names_the_argument(n, c, k, name):
+    with pytest.raises(ValueError, match=f"^{name}="):
+        pass_at_k(n, c, k)
+
+
+def test_sampling_is_deterministic_with_a_seed(tokenizer):
+    model = tiny_model(tokenizer)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=7)
+    b = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=7)
+    c = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=8)
+    assert a == b and a != c
+    assert len(a) == len(PROMPTS) and all(len(row) == 4 for row in a)
+    assert all(len(s) <= 8 for row in a for s in row)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)  # the global RNG is not consumed
+    greedy = sample_completions(model, tokenizer, PROMPTS, num_samples=2, max_new_tokens=8, temperature=0)
+    assert all(row[0] == row[1] for row in greedy)
+
+
+def test_evaluate_task_scores_with_the_reward(tokenizer):
+    model = tiny_model(tokenizer)
+    problems = [Problem((3, 5, 9), 26), Problem((2, 3, 4), 10)]
+    metrics, samples, correct = evaluate_task(model, tokenizer, problems, num_samples=4, ks=(1, 2, 4),
+                                              max_new_tokens=8, progress=False, return_samples=True)
+    assert set(metrics) == {"pass@1", "pass@2", "pass@4"}
+    assert correct.shape == (2, 4) and metrics["pass@1"] == correct.mean()
+    # A reward that accepts everything gives pass@k = 1 for every k.
+    always = evaluate_task(model, tokenizer, problems, num_samples=4, ks=(1, 4), max_new_tokens=4,
+                           reward_fn=lambda s, p: 1.0, progress=False)
+    assert always == {"pass@1": 1.0, "pass@4": 1.0}
+    with pytest.raises(ValueError, match="ks="):
+        evaluate_task(model, tokenizer, problems, num_samples=4, ks=(8,))
+
+
+def test_entropy_of_uniform_logits_is_log_v(tokenizer):
+    model = tiny_model(tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    assert token_entropy(model, tokenizer, PROMPTS, COMPLETIONS) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
+    assert 0 < token_entropy(tiny_model(tokenizer), tokenizer, PROMPTS, COMPLETIONS) <= math.log(TINY.vocab_size)
+
+
+def test_kl_and_overlap_of_a_model_to_itself(tokenizer):
+    model, other = tiny_model(tokenizer), tiny_model(tokenizer, seed=1)
+    assert kl_to_base(model, model, tokenizer, PROMPTS, COMPLETIONS) == pytest.approx(0.0, abs=1e-6)
+    assert topk_overlap(model, model, tokenizer, PROMPTS, COMPLETIONS, k=5) == 1.0
+    assert kl_to_base(model, other, tokenizer, PROMPTS, COMPLETIONS) > 0
+    assert topk_overlap(model, other, tokenizer, PROMPTS, COMPLETIONS, k=5) < 1.0
+    with pytest.raises(ValueError, match="base_model=None"):
+        kl_to_base(model, None, tokenizer, PROMPTS, COMPLETIONS)
+
+
+def test_peft_model_with_adapter_disabled_is_the_base(tokenizer):
+    base = tiny_model(tokenizer)
+    peft = add_lora(tiny_model(tokenizer), LoraSettings(r=4, lora_alpha=8))
+    assert kl_to_base(peft, None, tokenizer, PROMPTS, COMPLETIONS) == pytest.approx(0.0, abs=1e-6)  # B = 0
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    kl_self = kl_to_base(peft, None, tokenizer, PROMPTS, COMPLETIONS)
+    kl_separate = kl_to_base(peft, base, tokenizer, PROMPTS, COMPLETIONS)
+    assert kl_self > 1e-4 and kl_self == pytest.approx(kl_separate, rel=1e-5)
+    overlap = topk_overlap(peft, None, tokenizer, PROMPTS, COMPLETIONS, k=3)
+    assert overlap == topk_overlap(peft, base, tokenizer, PROMPTS, COMPLETIONS, k=3)
+
+    # Weight geometry compares merged weights, and merging does not touch the PEFT model.
+    lora_before = {k: v.clone() for k, v in peft.state_dict().items()}
+    merged = merged_state_dict(peft)
+    assert all(torch.equal(v, lora_before[k]) for k, v in peft.state_dict().items())
+    assert "lm_head.weight" in merged and not any("lora_" in k for k in merged)
+    geometry = weight_geometry(base, peft)
+    assert geometry["l2"] > 0 and geometry["cosine"] < 1
+
+
+def test_weight_geometry(tokenizer):
+    a, b = tiny_model(tokenizer), tiny_model(tokenizer)
+    same = weight_geometry(a, b)
+    assert same["cosine"] == pytest.approx(1.0) and same["l2"] == 0.0 and same["relative_l2"] == 0.0
+    with torch.no_grad():
+        b.model.layers[-1].mlp.down_proj.weight.mul_(-1)
+        b.model.layers[0].mlp.up_proj.weight.add_(1.0)  # not the last layer: ignored
+    moved = weight_geometry(a, b.state_dict())
+    down = a.model.layers[-1].mlp.down_proj.weight
+    assert moved["l2"] == pytest.approx(2 * float(down.detach().double().norm()), rel=1e-6)
+    flipped = weight_geometry(a, b, param_name="model.layers.1.mlp.down_proj.weight")
+    assert flipped["cosine"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="param_name="):
+        weight_geometry(a, b, param_name="nope")
