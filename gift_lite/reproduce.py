@@ -10,11 +10,12 @@ the notebook and the error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-from gift_lite.presets import PRESETS
+from gift_lite.presets import ENV_VAR, PRESETS
 from gift_lite.repro import repo_root
 
 
@@ -30,11 +31,26 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
 
 
 def run_notebook(source: Path, target: Path, preset: str) -> None:
+    """Execute ``source`` into ``target`` on ``preset``.
+
+    The preset travels in ``$GIFT_PRESET``; it is also injected as a papermill parameter into
+    executed copies, but never into a notebook refreshed in place: an injected
+    ``preset = "mini"`` cell would make later smoke runs of that notebook write committed results.
+    """
     import papermill  # imported here: papermill is slow to import and only the runner needs it
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(source), str(target), parameters={"preset": preset},
-                               cwd=str(source.parent), progress_bar=True, kernel_name="python3")
+    parameters = {} if target.resolve() == source.resolve() else {"preset": preset}
+    previous = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = preset  # the kernel inherits it
+    try:
+        papermill.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(source.parent),
+                                   progress_bar=True, kernel_name="python3")
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = previous
 
 
 def reproduce(preset: str, only: list[str] | None = None, output: Path | None = None,

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import pandas as pd
+from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from gift_lite.models import cuda_bf16, trainable_parameters
@@ -59,6 +60,8 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
                           processing_class=tokenizer)
+    if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
+        trainer.remove_callback(PrinterCallback)
     trainer.train()
     return trainer
 
