@@ -12,13 +12,16 @@ every RL run the same ``GRPOSettings``: only the loss differs.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 
 from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
@@ -29,7 +32,7 @@ from gift_lite.results import RESULT_COLUMNS, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
-from gift_lite.world import PretrainConfig, World, WorldConfig, expert_solution, pretrain_base
+from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
 
 INF = float("inf")
 # Methods that train an initialiser with GIFTTrainer; "base" is the untouched base model and
@@ -74,6 +77,7 @@ class MiniSettings:
     baselines: tuple[str, ...] = ("sft_entropy", "dft", "asft", "psft")
     rl_methods: tuple[str, ...] = ("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only")
     seeds: tuple[int, ...] = (0, 1, 2)
+    workers: int = 2  # ours: units run in parallel processes of one thread each (2 cores)
 
     def init_runs(self) -> list[tuple[str, float]]:
         """(method, β) of every initialiser: SFT, GIFT at each finite β, then the baselines."""
@@ -302,3 +306,50 @@ def collect(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     results = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=list(RESULT_COLUMNS))
     curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
     return results, curves
+
+
+# -- running many units ----------------------------------------------------------------------------
+UNIT_RUNNERS = {"init": run_init_unit, "rl": run_rl_unit}
+_WORKER_WORLD: dict[WorldConfig, World] = {}
+
+
+def _run_unit(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
+              seed: int) -> str:
+    """Run one unit on one thread (so its numbers do not depend on how many run at once)."""
+    world = _WORKER_WORLD.get(settings.world) or _WORKER_WORLD.setdefault(settings.world, build_world(settings.world))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        UNIT_RUNNERS[stage](world, settings, base_dir, data_dir, method, beta, seed)
+    finally:
+        torch.set_num_threads(threads)
+    return unit_key(method, beta, seed)
+
+
+def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, *, progress: bool = True) -> list[str]:
+    """Run every missing unit of ``stage`` (``init`` or ``rl``) over ``settings.seeds``.
+
+    With ``settings.workers > 1`` units run in that many spawned processes. Each unit writes its
+    own files, so the order does not matter and an interrupted call resumes where it stopped.
+    Returns the keys of the units it ran.
+    """
+    if stage not in UNIT_RUNNERS:
+        raise ValueError(f"stage={stage!r} is not one of {sorted(UNIT_RUNNERS)}")
+    runs = settings.init_runs() if stage == "init" else settings.rl_runs()
+    todo = [(m, b, s) for m, b in runs for s in settings.seeds
+            if not unit_path(data_dir, stage, unit_key(m, b, s)).exists()]
+    bar = tqdm(total=len(todo), desc=f"{stage} units", disable=not progress)
+    done = []
+    if settings.workers <= 1:
+        for run in todo:
+            done.append(_run_unit(stage, settings, base_dir, data_dir, *run))
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_unit, stage, settings, base_dir, data_dir, *run) for run in todo]
+            for future in as_completed(futures):
+                done.append(future.result())
+                bar.update()
+    bar.close()
+    return done

@@ -48,10 +48,15 @@ SMOKE_MINI = MiniSettings(
     eval=EvalSettings(num_samples=4, ks=(1, 2, 4), batch_size=64),
     rl=GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=16, max_steps=2,
                     learning_rate=1e-3),
-    betas=(1.0, INF), baselines=("dft",), rl_methods=("sft", "gift", "rl_only"), seeds=(0,))
+    betas=(1.0, INF), baselines=("dft",), rl_methods=("sft", "gift", "rl_only"), seeds=(0,), workers=1)
 
-# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (README "Budgets").
-MINI = MiniSettings()
+# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (README "Budgets"). GRPO runs for
+# SFT, GIFT at every beta and RL-only; the four baselines stop before RL (a cut for time).
+MINI = MiniSettings(
+    rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=24, max_steps=50,
+                    learning_rate=1e-4),  # 16 prompts x 8; lr = SFT lr / 10, the paper's ratio
+    betas=(0.5, 1.0, 2.0, 4.0, 20.0, INF),
+    rl_methods=("sft", "gift", "rl_only"))
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI),
