@@ -3,7 +3,7 @@
 GIFT is a diff from SFT. Per response token ``t`` with expert token ``y*``, SFT fits the one-hot
 target; GIFT fits the finite-temperature Gibbs target around the frozen base model (FACTS §1-2)
 
-    target_t(k) ∝ p_mix(k) · exp(beta · [k = y*]),    p_mix = (1 - smooth_lambda) p_base + smooth_lambda / V
+    target_t(k) ∝ p_mix(k) · exp(beta · [k = y*]),   p_mix = (1 - smooth_lambda) p_base + smooth_lambda/V
 
 so ``beta = inf`` is SFT (``gift_loss`` then *is* ``F.cross_entropy``) and ``beta = 0`` keeps the
 base. Every loss in ``LOSSES`` is called ``fn(logits, ref_logits, labels, *, ignore_index=-100,
@@ -518,10 +518,11 @@ def fused_gift_loss(hidden, ref_hidden, lm_head_weight, labels, *, beta=DEFAULT_
     A "fused linear cross-entropy": per chunk of ``chunk_size`` tokens, the student and reference
     logits (matmuls in the inputs' dtype, loss in fp32), the closed-form target of ``gift_loss``,
     and ``g = (softmax - target) / n``, from which ``grad_hidden = g W`` and ``grad_W += gᵀ h``
-    are formed in the forward pass; backward only scales them. Peak extra memory: two
-    ``[chunk × V]`` fp32 buffers plus ``grad_W`` (fp32) and ``grad_hidden``. ``beta = inf`` is SFT's cross-entropy
-    (the reference is then not computed). Same values as the official code at
-    verl/verl/trainer/fsdp_gift_trainer.py up to fp32 rounding.
+    are formed in the forward pass (so a graph can be back-propagated once); backward only
+    scales them. Peak extra memory: two ``[chunk × V]`` fp32 buffers plus ``grad_W`` (fp32) and
+    ``grad_hidden``. ``beta = inf`` is SFT's cross-entropy (the reference is then not computed).
+    Same values as the official code at verl/verl/trainer/fsdp_gift_trainer.py up to fp32
+    rounding.
     """
     _check_float_tensor("hidden", hidden, "D")
     _check_float_tensor("ref_hidden", ref_hidden, "D")

@@ -9,14 +9,14 @@ of both the student and the frozen base, so ``compute_loss`` calls the model's o
 The anchor each loss needs (``losses.ANCHOR``) comes from:
 - ``"base"`` (gift, asft): the same model with its LoRA adapter disabled, so there is no second
   copy of the weights; for full fine-tuning without PEFT, a frozen copy made at start-up.
-- ``"snapshot"`` (psft): the trainable parameters as they were at the start of the epoch
-  (PSFT's old policy, arXiv 2508.17784), swapped in for one no-grad forward pass.
+- ``"snapshot"`` (psft): the trainable parameters as they were ``psft_refresh_steps`` optimizer
+  steps ago at most (PSFT's old policy, arXiv 2508.17784, refreshed once per rollout batch of
+  several mini-batch updates), swapped in for one no-grad forward pass.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -39,10 +39,14 @@ class GIFTConfig(SFTConfig):
     entropy_coef: float = field(default=DEFAULT_ENTROPY_COEF, metadata={"help": "sft_entropy: bonus weight."})
     kl_coef: float = field(default=DEFAULT_KL_COEF, metadata={"help": "asft: weight of the KL anchor."})
     clip_epsilon: float = field(default=DEFAULT_CLIP_EPSILON, metadata={"help": "psft: ratio clip range."})
+    psft_refresh_steps: int = field(default=8, metadata={
+        "help": "psft: optimizer steps per old-policy snapshot (PSFT's run_psft.sh: batch 256 / mini-batch 32)."})
 
     def __post_init__(self):
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {sorted(LOSSES)}")
+        if not (isinstance(self.psft_refresh_steps, int) and self.psft_refresh_steps >= 1):
+            raise ValueError(f"psft_refresh_steps={self.psft_refresh_steps!r} must be an int >= 1")
         if self.bf16 is None:  # TRL defaults to bf16 everywhere; on CPU that only slows training down
             self.bf16 = cuda_bf16()
         super_loss_type, self.loss_type = self.loss_type, "nll"  # SFTConfig validates its own names
@@ -78,7 +82,7 @@ class GIFTTrainer(SFTTrainer):
         if self.anchor == "base" and not hasattr(self.model, "disable_adapter"):
             self._frozen_base = copy.deepcopy(self.model).eval().requires_grad_(False)
         self._snapshot: dict[str, torch.Tensor] = {}
-        self._snapshot_epoch = -1
+        self._snapshot_block = -1
 
     # -- the one overridden method -------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -107,12 +111,12 @@ class GIFTTrainer(SFTTrainer):
 
     @contextmanager
     def _snapshot_weights(self, model):
-        """Swap in the trainable weights saved at the start of the epoch (PSFT's old policy)."""
-        epoch = math.floor(self.state.epoch or 0)
+        """Swap in the trainable weights of the last snapshot (PSFT's old policy)."""
+        block = self.state.global_step // self.args.psft_refresh_steps
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        if epoch != self._snapshot_epoch:
+        if block != self._snapshot_block:
             self._snapshot = {n: p.detach().clone() for n, p in params.items()}
-            self._snapshot_epoch = epoch
+            self._snapshot_block = block
         current = {n: p.detach().clone() for n, p in params.items()}
         try:
             for n, p in params.items():

@@ -1,0 +1,33 @@
+"""The loss benchmark runs end to end at CI size and writes a well-formed CSV."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "bench_loss.py"
+COLUMNS = ["n_tokens", "vocab", "hidden", "method", "status", "peak_mib", "time_s", "repeats",
+           "chunk_size", "threads", "memory_method"]
+METHODS = {"official", "gift_loss", "fused", "cross_entropy", "matmul_floor"}
+
+
+def test_bench_loss_tiny_writes_csv_and_run_json(tmp_path):
+    out = tmp_path / "loss.csv"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["method"]) == METHODS
+    assert (frame["status"] == "ok").all(), frame["status"].tolist()
+    for column in ("peak_mib", "time_s"):
+        assert all(math.isfinite(v) for v in frame[column]), frame[column].tolist()
+    assert (frame["time_s"] > 0).all()
+    assert frame.loc[frame["method"] == "fused", "chunk_size"].notna().all()
+    run = json.loads(out.with_name("loss_run.json").read_text())
+    assert run["config"]["sizes"] == "256x512x32" and "versions" in run
+    assert "fused chunk 64: peak =" in done.stdout
