@@ -1,0 +1,547 @@
+"""Real small models on one GPU (issue 4): QLoRA initialiser with ``GIFTTrainer`` → GRPO with the
+math reward, evaluated before and after RL on math and multiple-choice benchmarks.
+
+The same protocol as the miniature (``mini.py``), at real scale: every unit of work (the base,
+one initialiser, one RL run, for a method, β and seed) writes its rows to
+``<data_dir>/units/<stage>/<key>.csv`` and is skipped when that file exists, and ``collect`` gathers
+them into the long-format ``results.csv``. Rows use ``results.RESULT_COLUMNS``; metrics are
+``<benchmark>/pass@k`` per benchmark plus ``pass@k`` averaged over the benchmarks of a split
+(``id`` / ``ood``), ``train/*``, ``rl/*`` and ``perf/*`` (wall time, tokens/s, peak GPU memory).
+
+``SMOKE_REAL`` stands in on CPU: a tiny Qwen2 built locally (random weights, character
+tokenizer), loaded in 4-bit exactly like a hub model, with the sample problems in
+``data/samples/``. ``GPU_REAL`` is a Qwen2.5 base model with hub data, for one GPU.
+
+``python -m gift_lite.real init ...`` runs the SFT/GIFT stage alone, so it can be started under
+``accelerate launch`` (FSDP / DeepSpeed configs in ``configs/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import string
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
+
+from gift_lite.data import Problem, load_benchmark, load_rl_prompts, load_sft, split_of
+from gift_lite.evaluate import evaluate_task
+from gift_lite.losses import DEFAULT_BETA
+from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path
+from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base
+from gift_lite.repro import repo_root, seed_everything
+from gift_lite.results import RESULT_COLUMNS, write_csv
+from gift_lite.rewards import choice_reward, math_reward, math_reward_func
+from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
+from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.world import set_special_tokens
+
+INF = float("inf")
+TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
+SAMPLES = "data/samples"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RealInitSettings:
+    """The SFT/GIFT stage on a real model (paper: full fine-tuning of 7-8B models on 8 GPUs)."""
+
+    learning_rate: float = 1e-4  # ours: LoRA needs a larger step than the paper's 1e-5 full fine-tuning
+    num_train_epochs: float = 1.0  # ours (paper: 10 epochs, the best chosen by held-out loss)
+    max_steps: int = -1  # -1: the epochs decide
+    per_device_train_batch_size: int = 1  # ours: one long sequence per micro-batch
+    gradient_accumulation_steps: int = 16  # ours: 16 sequences per step (paper: 128)
+    max_length: int = 2048  # ours (paper: 8192); longer rows are dropped, never truncated
+    lr_scheduler_type: str = "constant"  # paper: constant, no warm-up
+    weight_decay: float = 0.01  # official SFT script
+    adam_beta2: float = 0.95  # official SFT script
+    max_grad_norm: float = 1.0  # official SFT script
+    gradient_checkpointing: bool = True  # ours: activations of 2k-token sequences on a 16 GB card
+    lora: LoraSettings = LoraSettings()  # r=16, alpha=32 on all projections (models.py)
+
+
+@dataclass(frozen=True)
+class RealSettings:
+    """Everything a real-model run depends on; one instance per preset (``REAL_PRESETS``)."""
+
+    model: str = "Qwen/Qwen2.5-0.5B"  # base (not instruct), the paper's Qwen2.5 family at 1/14 the size
+    four_bit: bool = True  # QLoRA: NF4 base + LoRA adapters
+    sft_data: str = "deepmath"  # DeepMath-103K with DeepSeek-R1 solutions (paper)
+    n_sft: int | None = 1000  # ours (paper: 10k)
+    rl_data: str = "deepmath"
+    n_rl: int | None = 512  # ours (paper: 10k)
+    rl_offset: int | None = None  # None: start after the SFT slice, so SFT and RL prompts are disjoint
+    id_benchmarks: tuple[str, ...] = ("gsm8k", "math500", "olympiadbench", "aime24", "aime25")  # paper
+    ood_benchmarks: tuple[str, ...] = ("gpqa", "mmlu_pro", "arc_challenge")  # paper, less MMLU-Redux
+    n_eval: int | None = 64  # ours: problems per benchmark (paper: all)
+    method: str = "gift"  # loss_type of the initialiser ("sft" is "gift" at beta = inf)
+    beta: float = DEFAULT_BETA  # official default 20
+    smooth_lambda: float = 0.0  # official default
+    init: RealInitSettings = RealInitSettings()
+    eval: EvalSettings = EvalSettings(num_samples=4, ks=(1, 2, 4), temperature=0.6, max_new_tokens=1024,
+                                      batch_size=64)  # paper: 4 samples at T = 0.6 (max 8192 tokens)
+    rl: GRPOSettings = GRPOSettings(per_device_train_batch_size=8, max_completion_length=512, max_steps=50,
+                                    learning_rate=1e-5)  # group 8, T 1.0, clip 0.2, no KL (paper); the rest ours
+    rl_gradient_accumulation_steps: int = 4  # ours: 32 completions (4 prompts x 8) per step (paper: 128 x 8)
+    seeds: tuple[int, ...] = (0,)
+
+    def config_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+SMOKE_REAL = RealSettings(
+    model=TINY_MODEL, four_bit=True,
+    sft_data=f"{SAMPLES}/math_sft.jsonl", n_sft=None, rl_data=f"{SAMPLES}/math_rl.jsonl", n_rl=None,
+    id_benchmarks=(f"{SAMPLES}/math_eval.jsonl",), ood_benchmarks=(f"{SAMPLES}/choice_eval.jsonl",), n_eval=None,
+    init=RealInitSettings(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=4,
+                          gradient_accumulation_steps=1, max_length=512, gradient_checkpointing=False,
+                          lora=LoraSettings(r=4, lora_alpha=8)),
+    eval=EvalSettings(num_samples=2, ks=(1, 2), temperature=0.6, max_new_tokens=24, batch_size=64),
+    rl=GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=24, max_steps=2,
+                    learning_rate=1e-3),
+    rl_gradient_accumulation_steps=1)
+
+GPU_REAL = RealSettings()
+
+# Which real settings each preset name selects (mini runs the CPU stand-in: real models need a GPU).
+REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": SMOKE_REAL, "gpu": GPU_REAL}
+
+
+def configure(preset: str, **overrides) -> RealSettings:
+    """``REAL_PRESETS[preset]`` with the notebook's flat parameters applied; ``None`` keeps the preset's.
+
+    Plain names set ``RealSettings`` fields; ``init_*``, ``rl_*`` and ``eval_*`` set the nested
+    settings (``init_max_steps`` -> ``init.max_steps``); benchmark lists are comma-separated strings.
+    """
+    settings = REAL_PRESETS[preset]
+    nested = {"init": {}, "rl": {}, "eval": {}}
+    top = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        prefix, _, rest = name.partition("_")
+        if prefix in nested and rest in {f.name for f in fields(getattr(settings, prefix))}:
+            nested[prefix][rest] = value
+        elif name in {f.name for f in fields(settings)}:
+            top[name] = tuple(s.strip() for s in value.split(",") if s.strip()) if name.endswith("benchmarks") \
+                else value
+        else:
+            raise ValueError(f"{name}={value!r} is not a setting of RealSettings (or init_/rl_/eval_ ones)")
+    for prefix, changes in nested.items():
+        if changes:
+            top[prefix] = replace(getattr(settings, prefix), **changes)
+    return replace(settings, **top)
+
+
+def describe(settings: RealSettings) -> str:
+    """The settings as aligned ``name = value`` lines (nested settings flattened with a prefix)."""
+    lines = []
+    for key, value in settings.config_dict().items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            if isinstance(v, dict):  # LoRA settings inside init
+                lines += [f"{f'{key}.{sub}.{k}':>34} = {x}" for k, x in v.items()]
+            else:
+                lines.append(f"{key if sub is None else f'{key}.{sub}':>34} = {v}")
+    return "\n".join(lines)
+
+
+def run_name(settings: RealSettings) -> str:
+    """Folder name under data/: ``real_<model>``, e.g. ``real_qwen2.5-0.5b`` or ``real_tiny-local``."""
+    return "real_" + settings.model.rstrip("/").split("/")[-1].lower()
+
+
+def resolve_source(source: str) -> str:
+    """A registered dataset name as is; a relative local path against the cwd, else the repo root."""
+    path = Path(source).expanduser()
+    if path.is_absolute() or path.exists() or not source.endswith((".jsonl", ".json", ".parquet")):
+        return source
+    return str(repo_root() / source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU stand-in: a tiny Qwen2 with a character tokenizer, saved like a hub model
+# ---------------------------------------------------------------------------------------------
+
+CHARS = [c for c in string.printable if c not in "\x0b\x0c\r\t"]  # ASCII letters, digits, punctuation, " ", "\n"
+SPECIALS = ("<|pad|>", "<|endoftext|>", "<|unk|>")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character; EOS ``<|endoftext|>`` as in Qwen2.5, no BOS."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>",
+                                   unk_token="<|unk|>", clean_up_tokenization_spaces=False, model_max_length=1024)
+
+
+def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """Save a random tiny Qwen2 (~0.1 M parameters) and its tokenizer to ``out_dir`` (reused if there)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+        return out_dir
+    tokenizer = char_tokenizer()
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024,
+                         tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    set_special_tokens(model, tokenizer)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def resolve_model(settings: RealSettings, data_dir: Path) -> str:
+    """The model to load: a hub id / local folder as given, or the tiny stand-in built under ``data_dir``."""
+    if settings.model == TINY_MODEL:
+        return str(build_tiny_model(Path(data_dir) / "tiny_base"))
+    return settings.model
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+# ---------------------------------------------------------------------------------------------
+
+def load_tokenizer(model_path: str):
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 on GPUs that have it; fp32 elsewhere (CPU, and T4-class cards, where fp16 would store
+    GIFT's per-token gradients ``(softmax - target) / n`` below fp16's range)."""
+    return torch.bfloat16 if cuda_bf16() else torch.float32
+
+
+def load_policy(model_path: str, *, four_bit: bool, adapter: Path | None = None, trainable: bool = False):
+    """The base (NF4 when ``four_bit``) with an optional saved adapter on top, and its tokenizer."""
+    model = load_base(model_path, four_bit=four_bit, dtype=compute_dtype())
+    if adapter is not None:
+        model = load_adapter(model, adapter, is_trainable=trainable)
+    return model.eval(), load_tokenizer(model_path)
+
+
+@dataclass
+class RealData:
+    sft: list[dict]  # {"prompt", "completion"}
+    sft_skipped: int  # rows with an empty completion
+    rl: list[dict]  # {"prompt", "answer", "id"}
+    benchmarks: list[tuple[str, str, list[Problem]]]  # (name, split, problems)
+
+
+def load_data(settings: RealSettings) -> RealData:
+    """SFT rows, RL prompts and benchmarks, each validated before any training starts."""
+    sft, skipped = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
+    offset = settings.rl_offset
+    if offset is None:
+        offset = (settings.n_sft or 0) if settings.rl_data == settings.sft_data else 0
+    rl = load_rl_prompts(resolve_source(settings.rl_data), limit=settings.n_rl, offset=offset)
+    benchmarks = []
+    for names, default in ((settings.id_benchmarks, "id"), (settings.ood_benchmarks, "ood")):
+        for name in names:
+            benchmarks.append((benchmark_name(name), split_of(name, default),
+                               load_benchmark(resolve_source(name), limit=settings.n_eval)))
+    return RealData(sft, skipped, rl, benchmarks)
+
+
+def benchmark_name(source: str) -> str:
+    """``math500`` for a registered name, the file stem (``math_eval``) for a local file."""
+    return Path(source).stem if source.endswith((".jsonl", ".json", ".parquet")) else source
+
+
+def filter_by_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Rows whose prompt + completion + EOS fit in ``max_length`` tokens, and how many were dropped.
+
+    Dropping, not truncating: a truncated R1 solution loses its boxed answer and teaches the
+    model to stop mid-thought.
+    """
+    kept = [r for r in rows if len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 <= max_length]
+    return kept, len(rows) - len(kept)
+
+
+def score(completion: str, problem: Problem) -> float:
+    """``reward_fn`` for ``evaluate_task``: the choice reward for lettered options, else the math reward."""
+    if problem.choices:
+        return choice_reward(completion, problem.answer)
+    return math_reward(completion, problem.answer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring time and memory
+# ---------------------------------------------------------------------------------------------
+
+@contextmanager
+def measure():
+    """Yields a dict filled on exit with ``wall_s`` and, on CUDA, ``peak_gpu_gb`` (max allocated)."""
+    stats: dict[str, float] = {}
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        yield stats
+    finally:
+        if cuda:
+            torch.cuda.synchronize()
+            stats["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+        stats["wall_s"] = time.perf_counter() - start
+
+
+def _perf_rows(prefix: str, stats: dict, tokens: float) -> list[dict]:
+    rows = [{"split": "", "metric": f"perf/{prefix}_wall_s", "value": stats["wall_s"]},
+            {"split": "", "metric": f"perf/{prefix}_tokens_per_s", "value": tokens / max(stats["wall_s"], 1e-9)}]
+    if "peak_gpu_gb" in stats:
+        rows.append({"split": "", "metric": f"perf/{prefix}_peak_gpu_gb", "value": stats["peak_gpu_gb"]})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *, seed: int,
+                        progress: bool = False) -> list[dict]:
+    """pass@k per benchmark (``<name>/pass@k``) and averaged over each split's benchmarks (``pass@k``)."""
+    rows, per_split = [], {}
+    for name, split, problems in benchmarks:
+        metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
+                                temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                batch_size=settings.batch_size, seed=seed, reward_fn=score, progress=progress)
+        rows += [{"split": split, "metric": f"{name}/{m}", "value": v} for m, v in metrics.items()]
+        per_split.setdefault(split, []).append(metrics)
+    for split, runs in per_split.items():
+        rows += [{"split": split, "metric": m, "value": float(np.mean([r[m] for r in runs]))} for m in runs[0]]
+    return rows
+
+
+def init_config(settings: RealSettings, output_dir: str, seed: int, **overrides) -> GIFTConfig:
+    """The ``GIFTConfig`` of the initialiser: the paper's optimiser, our LoRA-scale lengths and steps."""
+    init = settings.init
+    kwargs = dict(
+        output_dir=output_dir, loss_type=settings.method, seed=seed,
+        beta=settings.beta if settings.method == "gift" else INF, smooth_lambda=settings.smooth_lambda,
+        num_train_epochs=init.num_train_epochs, max_steps=init.max_steps, learning_rate=init.learning_rate,
+        per_device_train_batch_size=init.per_device_train_batch_size,
+        gradient_accumulation_steps=init.gradient_accumulation_steps, lr_scheduler_type=init.lr_scheduler_type,
+        warmup_steps=0, weight_decay=init.weight_decay, adam_beta2=init.adam_beta2,
+        max_grad_norm=init.max_grad_norm, max_length=init.max_length,
+        gradient_checkpointing=init.gradient_checkpointing, logging_steps=1, save_strategy="no", report_to=[],
+        disable_tqdm=True, include_num_input_tokens_seen="non_padding", use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False)
+    kwargs.update(overrides)
+    return GIFTConfig(**kwargs)
+
+
+def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[dict], seed: int, out_dir: Path,
+                      **config_overrides) -> dict:
+    """Train one LoRA/QLoRA initialiser with ``GIFTTrainer`` and save the adapter to ``out_dir``.
+
+    Returns ``train/loss``, ``train/rows`` and the ``perf`` stats (wall time, tokens seen, peak GPU
+    memory). This is the entry ``python -m gift_lite.real init`` runs, on one device or under
+    ``accelerate launch``.
+    """
+    model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+    seed_everything(seed)  # the LoRA initialisation draws from the global RNG
+    model = add_lora(model, settings.init.lora)
+    if settings.init.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed LoRA on a frozen (NF4) base needs input grads
+    with tempfile.TemporaryDirectory() as scratch:
+        config = init_config(settings, scratch, seed, **config_overrides)
+        trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows),
+                              processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        with measure() as stats:
+            result = trainer.train()
+        tokens = float(trainer.state.num_input_tokens_seen)
+        _save_trained_adapter(trainer, Path(out_dir))
+    return {"train/loss": result.training_loss, "train/rows": len(sft_rows), "tokens": tokens, **stats}
+
+
+def _save_trained_adapter(trainer, out_dir: Path) -> None:
+    """``trainer.save_model`` into a temporary folder renamed into place by rank 0.
+
+    Every process calls it: under FSDP or DeepSpeed, ``save_model`` gathers the shards first.
+    """
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    main = trainer.accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if main:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def save_adapter(model, out_dir: Path) -> None:
+    """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def _frame(method: str, beta: float, seed: int, stage: str, rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for name, value in (("stage", stage), ("seed", seed), ("beta", beta), ("method", method)):
+        frame.insert(0, name, value)
+    return frame[list(RESULT_COLUMNS)]
+
+
+def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
+    """Evaluate the untouched base once (stage ``base``); cached like every unit."""
+    path = unit_path(data_dir, "base", "base")
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=0)
+    frame = _frame("base", 0.0, 0, "base", rows)
+    write_csv(path, frame)
+    return frame
+
+
+def _key(settings: RealSettings, seed: int, method: str | None = None) -> tuple[str, float, str]:
+    method = method or settings.method
+    beta = settings.beta if method == "gift" else INF
+    return method, beta, unit_key(method, beta, seed)
+
+
+def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path,
+                  seed: int) -> pd.DataFrame:
+    """Train (or reuse) the initialiser for ``settings.method`` and evaluate it (stage ``init``)."""
+    method, beta, key = _key(settings, seed)
+    path = unit_path(data_dir, "init", key)
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    adapter = adapter_dir(data_dir, "init", key)
+    tokenizer = load_tokenizer(model_path)
+    rows_in, dropped = filter_by_length(data.sft, tokenizer, settings.init.max_length)
+    if not rows_in:
+        raise ValueError(f"every SFT row is longer than max_length={settings.init.max_length} tokens")
+    stats = train_initialiser(settings, model_path, rows_in, seed, adapter)
+    model, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter)
+    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=seed)
+    rows += [{"split": "", "metric": "train/loss", "value": stats["train/loss"]},
+             {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
+             {"split": "", "metric": "train/rows_too_long", "value": dropped}]
+    rows += _perf_rows("init", stats, stats["tokens"])
+    frame = _frame(method, beta, seed, "init", rows)
+    write_csv(path, frame)
+    return frame
+
+
+def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, seed: int,
+                method: str | None = None) -> pd.DataFrame:
+    """GRPO from the initialiser (``method="rl_only"``: fresh adapters on the base), then evaluate.
+
+    Also writes the reward curve to ``units/rl_curves/<key>.csv``.
+    """
+    method, beta, key = _key(settings, seed, method)
+    path = unit_path(data_dir, "rl", key)
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False)
+    if method == "rl_only":
+        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+        seed_everything(seed)
+        policy = add_lora(policy, settings.init.lora)
+    else:
+        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit,
+                                        adapter=adapter_dir(data_dir, "init", key), trainable=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = grpo_config(settings.rl, scratch, seed=seed, disable_tqdm=True,
+                             gradient_accumulation_steps=settings.rl_gradient_accumulation_steps,
+                             use_cpu=not torch.cuda.is_available())
+        with measure() as stats:
+            trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), math_reward_func, config)
+    curve = reward_curve(trainer)
+    tokens = max([log.get("num_tokens", 0.0) for log in trainer.state.log_history] + [0.0])
+    save_adapter(policy, adapter_dir(data_dir, "rl", key))
+    policy.eval()
+    rows = evaluate_benchmarks(policy, tokenizer, data.benchmarks, settings.eval, seed=seed)
+    rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
+    rows.append({"split": "", "metric": "rl/frac_reward_zero_std",
+                 "value": float(curve["frac_reward_zero_std"].mean())})
+    rows += _perf_rows("rl", stats, tokens)
+    for name, value in (("seed", seed), ("beta", beta), ("method", method)):
+        curve.insert(0, name, value)
+    write_csv(unit_path(data_dir, "rl_curves", key), curve)
+    frame = _frame(method, beta, seed, "rl", rows)
+    write_csv(path, frame)
+    return frame
+
+# ---------------------------------------------------------------------------------------------
+# Command line: the SFT/GIFT stage alone, for `accelerate launch`
+# ---------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gift_lite.real init``: train one initialiser and save its adapter.
+
+    Under ``accelerate launch`` every process runs this; Trainer shards the data (DDP), or the
+    model (FSDP / DeepSpeed) as the accelerate config says; rank 0 saves the adapter and prints
+    one JSON line of stats.
+    """
+    parser = argparse.ArgumentParser(prog="python -m gift_lite.real")
+    sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="train one SFT/GIFT initialiser (LoRA or QLoRA)")
+    init.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS))
+    init.add_argument("--model", help="hub id or local folder (default: the preset's)")
+    init.add_argument("--sft-data", help="registered name or local .jsonl/.json/.parquet")
+    init.add_argument("--n-sft", type=int)
+    init.add_argument("--method", help="loss_type: gift, sft, dft, ...")
+    init.add_argument("--beta", type=float)
+    init.add_argument("--max-steps", type=int)
+    init.add_argument("--four-bit", action=argparse.BooleanOptionalAction, default=None,
+                      help="NF4 base (QLoRA); use --no-four-bit under FSDP")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", type=Path, required=True, help="folder for the adapter and stats.json")
+    args = parser.parse_args(argv)
+
+    settings = REAL_PRESETS[args.preset]
+    changes = {k: v for k, v in (("model", args.model), ("sft_data", args.sft_data), ("method", args.method),
+                                 ("beta", args.beta), ("four_bit", args.four_bit)) if v is not None}
+    if args.n_sft is not None:
+        changes["n_sft"] = args.n_sft
+    if args.max_steps is not None:
+        changes["init"] = replace(settings.init, max_steps=args.max_steps)
+    settings = replace(settings, **changes)
+    state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of `accelerate launch`'s
+    with state.main_process_first():  # rank 0 builds the tiny stand-in (or fills the hub cache) first
+        model_path = resolve_model(settings, args.out)
+        rows, _ = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
+    rows, _ = filter_by_length(rows, load_tokenizer(model_path), settings.init.max_length)
+    stats = train_initialiser(settings, model_path, rows, args.seed, args.out / "adapter")
+    stats["processes"] = state.num_processes
+    if state.is_main_process:
+        stats = {k: (v if math.isfinite(v) else None) for k, v in stats.items()}
+        (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

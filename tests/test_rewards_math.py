@@ -1,0 +1,151 @@
+"""The math and multiple-choice rewards: a table of equal / unequal answers, and never raising or hanging."""
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gift_lite.rewards import (answers_match, choice_letter, choice_reward, choice_reward_func, last_boxed,
+                               math_reward, math_reward_func)
+
+MB = 1_000_000
+
+# (completion, gold answer): the reward must be 1.0
+EQUAL = [
+    ("so the answer is \\boxed{12}", "12"),
+    ("\\boxed{\\frac{1}{2}}", "0.5"),  # fraction vs decimal
+    ("\\boxed{\\dfrac{3}{4}}", "\\frac{3}{4}"),  # dfrac
+    ("\\boxed{\\frac12}", "\\frac{1}{2}"),  # brace-less fraction (Math-Verify)
+    ("\\boxed{1/2}", "\\frac{1}{2}"),
+    ("\\boxed{2\\sqrt{2}}", "\\sqrt{8}"),  # radicals (Math-Verify)
+    ("\\boxed{\\sqrt2}", "\\sqrt{2}"),
+    ("\\boxed{(1, 4]}", "(1,4]"),  # intervals: spacing
+    ("\\boxed{(-\\infty, 3)}", "(-\\infty,3)"),
+    ("\\boxed{10\\text{ cm}}", "10"),  # units written as \text{...}
+    ("\\boxed{90^\\circ}", "90"),  # degrees
+    ("\\boxed{50\\%}", "50"),  # percent
+    ("\\boxed{x = 3}", "3"),  # an assignment
+    ("\\boxed{1,000}", "1000"),  # thousands separator
+    ("\\boxed{(x+1)^2}", "x^2+2x+1"),  # symbolic (Math-Verify)
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),  # nested braces
+    ("first \\boxed{3}, finally \\boxed{7}", "7"),  # multiple boxes: the last counts
+    ("\\boxed{\\boxed{5}}", "5"),  # a box in a box
+    ("\\boxed 7.", "7"),  # brace-less \boxed
+    ("\\fbox{42}", "42"),
+    ("\\boxed{12}", "\\boxed{12}"),  # gold written boxed
+    ("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}"),  # text answers
+    ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left(3,\\frac{\\pi}{2}\\right)"),
+]
+
+# (completion, gold answer): the reward must be 0.0
+UNEQUAL = [
+    ("\\boxed{13}", "12"),
+    ("\\boxed{\\frac{1}{3}}", "0.5"),
+    ("\\boxed{\\sqrt{3}}", "\\sqrt{2}"),
+    ("\\boxed{[1, 4]}", "(1,4]"),  # open vs closed interval
+    ("\\boxed{10\\text{ cm}}", "100"),
+    ("\\boxed{2x}", "2"),  # a variable is not a unit
+    ("\\boxed{7}, finally \\boxed{3}", "7"),  # the last box is wrong
+    ("the answer is 12", "12"),  # no box
+    ("", "12"),
+    ("\\boxed{}", "12"),  # empty box
+    ("\\boxed{12", "12"),  # unterminated box
+    ("\\boxed{7} then \\boxed{12", "12"),  # the last box is unterminated
+    ("\\boxed{\\frac{1}{", "1"),  # malformed LaTeX
+    ("\\boxed{}{}}}{{", "1"),
+    ("\\boxed{\\sqrt{}", "0"),
+    ("\\boxed{12}", ""),  # no gold
+    ("\\boxed{" + "1" * 600 + "}", "1" * 600),  # a boxed answer too long to be a final answer
+]
+
+
+@pytest.mark.parametrize("completion,answer", EQUAL)
+def test_equal_answers_score_one(completion, answer):
+    assert math_reward(completion, answer) == 1.0
+
+
+@pytest.mark.parametrize("completion,answer", UNEQUAL)
+def test_unequal_answers_score_zero(completion, answer):
+    assert math_reward(completion, answer) == 0.0
+
+
+def test_last_boxed():
+    assert last_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{1} \\boxed{2}") == "2"
+    assert last_boxed("\\boxed 5 apples") == "5"
+    assert last_boxed("\\boxed{1} \\boxed{2") is None
+    assert last_boxed("no box") is None
+    assert last_boxed(None) is None
+
+
+def test_normalised_match_is_exact_on_numbers():
+    assert answers_match("0.25", "\\frac{1}{4}") and answers_match("-\\frac{1}{2}", "-1/2")
+    assert not answers_match("0.3333", "\\frac{1}{3}")  # the fast check is exact; Math-Verify may round
+
+
+def test_one_megabyte_string_is_zero_and_fast():
+    text = "\\boxed{1}" + "x" * MB  # the box is outside the searched tail
+    start = time.monotonic()
+    assert math_reward(text, "1") == 0.0
+    assert math_reward("\\boxed{" + "9^" * (MB // 2) + "9}", "1") == 0.0
+    assert math_reward("{" * MB, "1") == 0.0
+    assert time.monotonic() - start < 2.0
+
+
+def test_binary_junk_and_wrong_types_are_zero():
+    junk = bytes(range(256)).decode("latin-1") * 20
+    assert math_reward(junk + "\\boxed{\x00\xff}", "1") == 0.0
+    assert math_reward(b"\\boxed{1}", "1") == 0.0
+    assert math_reward(None, "1") == 0.0
+    assert math_reward("\\boxed{1}", None) == 0.0
+    assert choice_reward(None, "A") == 0.0 and choice_reward("\\boxed{A}", 3) == 0.0
+
+
+def test_expensive_answer_is_cut_off_by_the_time_limit():
+    start = time.monotonic()  # sympy would work on this for minutes without a limit
+    assert math_reward("\\boxed{9^{9^{9^{9}}}}", "12", timeout_s=0.5) == 0.0
+    assert time.monotonic() - start < 3.0
+    assert math_reward("\\boxed{2\\sqrt{2}}", "\\sqrt{8}") == 1.0  # a fresh worker answers the next call
+
+
+@pytest.mark.parametrize("completion,letter,expected", [
+    ("... so \\boxed{B}", "B", 1.0),
+    ("\\boxed{(C)}", "C", 1.0),
+    ("\\boxed{\\text{D}}", "D", 1.0),
+    ("\\boxed{A. Mercury}", "A", 1.0),
+    ("Therefore, the answer is (C).", "C", 1.0),
+    ("Answer: D", "D", 1.0),
+    ("The answer is A. On reflection \\boxed{B}", "B", 1.0),  # the last statement counts
+    ("\\boxed{B}. Hmm, no: the answer is C", "C", 1.0),
+    ("\\boxed{B}", "A", 0.0),
+    ("the answer is a mystery", "A", 0.0),  # a lower-case word is not a choice
+    ("no choice at all", "A", 0.0),
+    ("\\boxed{B}", "b", 1.0),  # gold letters are case-insensitive
+    ("\\boxed{B}", "Z", 0.0),  # not a choice letter
+])
+def test_choice_reward(completion, letter, expected):
+    assert choice_reward(completion, letter) == expected
+
+
+def test_trl_wrappers_take_strings_and_conversations():
+    completions = ["\\boxed{4}", [{"role": "assistant", "content": "\\boxed{5}"}]]
+    assert math_reward_func(completions, answer=["4", "4"], prompts=["p", "p"]) == [1.0, 0.0]
+    assert choice_reward_func(["\\boxed{A}", "answer: B"], answer=["A", "A"]) == [1.0, 0.0]
+    assert choice_letter("answer is (E)") == "E"
+
+
+text = st.text(max_size=300)
+box_content = st.lists(st.sampled_from(list("0123456789+-*/^_{}()[]\\,.=xyz ") + ["\\frac", "\\sqrt", "\\pi",
+                                                                               "\\infty"]),
+                       max_size=30).map("".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(text, box_content.map(lambda s: "\\boxed{" + s + "}"), st.tuples(text, box_content).map(
+    lambda t: t[0] + "\\boxed{" + t[1] + "}")), st.one_of(text, box_content))
+def test_random_inputs_score_zero_or_one_in_bounded_time(completion, answer):
+    start = time.monotonic()
+    assert math_reward(completion, answer) in (0.0, 1.0)
+    assert choice_reward(completion, answer) in (0.0, 1.0)
+    assert time.monotonic() - start < 12.0  # the per-call limit (5 s) plus a worker restart
