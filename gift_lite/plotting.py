@@ -381,3 +381,50 @@ def _figure(ax):
         fig, ax = plt.subplots()
         return fig, ax
     return ax.figure, ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Paper-layout figures (notebook 07); each takes tables read from data/
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_pass_at_k_before_rl(results, splits: tuple[str, ...] = ("id", "ood")):
+    """pass@k before RL, one panel per split: the base (stage ``base``) and every initialiser
+    (stage ``init``), mean over seeds with a ±1 std band (the paper's exploration figure)."""
+    before = results[results["stage"].isin(["base", "init"])].assign(stage="init")
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 3.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    for i, (ax, split) in enumerate(zip(axes[0], splits)):
+        plot_pass_at_k(before, stage="init", split=split, ax=ax)
+        ax.set_title(f"pass@k before RL, {split.upper()} test")
+        if i > 0:
+            ax.get_legend().remove()
+    return fig
+
+
+def plot_reward_lead(curves: dict, *, reference: tuple[str, float] = ("sft", math.inf), window: int = 5):
+    """Each run's GRPO batch reward minus the ``reference`` run's (SFT), against the fraction of
+    RL steps done: the paper's "GIFT leads throughout / overtakes after ~25 % of the steps".
+
+    ``curves`` maps a panel title to a reward-curve table (``method, beta, seed, step, reward``);
+    rewards are averaged over seeds and smoothed with a ``window``-step moving mean first.
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, (title, table) in zip(axes[0], curves.items()):
+        smooth = {key: group.groupby("step")["reward"].mean().rolling(window, min_periods=1).mean()
+                  for key, group in table.groupby(["method", "beta"], sort=False)}
+        ref = smooth.get(reference)
+        ax.axhline(0.0, color=REFERENCE_COLOR, lw=0.9, ls=":")
+        ax.set_title(title)
+        ax.set_xlabel("fraction of GRPO steps")
+        if ref is None:
+            continue
+        for (method, beta), mean in smooth.items():
+            if (method, beta) != reference:
+                lead = (mean - ref).dropna()
+                ax.plot(lead.index / ref.index.max(), lead.values, color=run_color(method, beta),
+                        label=method_label(method, beta))
+        ax.legend(ncol=2)
+    axes[0][0].set_ylabel(f"batch reward − {method_label(reference[0])}")
+    return fig

@@ -1,27 +1,46 @@
 """Batch reproduction: execute the numbered notebooks in order with papermill.
 
-``python -m gift_lite reproduce --preset mini`` runs ``notebooks/NN_*.ipynb`` one after another,
-injecting the preset into each notebook's ``parameters`` cell, and writes the executed copies to
-an output folder (``runs/<preset>/`` by default), never over the sources unless ``--in-place``.
-It prints one line per notebook with its elapsed time and stops at the first failure, naming
-the notebook and the error.
+``python -m gift_lite reproduce --preset mini`` runs ``notebooks/NN_*.ipynb`` one after another and
+writes the executed copies to an output folder (``runs/<preset>/`` by default), never over the
+sources unless ``--in-place``. It shows papermill's progress bar (cells done, elapsed) and one line
+per notebook, and stops at the first failing notebook, printing the failing cell and its error.
+
+Running it again continues where it stopped: a notebook is skipped when its executed copy is
+complete (every code cell ran, none raised) and its inputs are unchanged since that run. The
+inputs are hashed into ``<output>/reproduce.json``: the notebook's cells (not their outputs), the
+preset, and the git-tracked ``gift_lite/*.py`` (``--in-place`` runs keep their entries there too,
+under ``in-place/``). ``--force`` reruns every selected notebook. The notebooks keep their own
+caches of finished work (``mini.py`` units), so a rerun after a library change repeats only what
+the change touched.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from gift_lite.presets import ENV_VAR, PRESETS
 from gift_lite.repro import repo_root
+from gift_lite.results import write_json
+
+MANIFEST = "reproduce.json"  # beside the executed notebooks
+SOURCE_LINES = 15  # lines of the failing cell shown in the error message
 
 
-def notebooks(only: list[str] | None = None) -> list[Path]:
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def notebooks(only: list[str] | None = None, folder: Path | None = None) -> list[Path]:
     """The numbered notebooks, in order; ``only`` keeps those whose number prefix is listed."""
-    found = sorted((repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(Path(folder or notebooks_dir()).glob("[0-9][0-9]_*.ipynb"))
     if only:
         unknown = set(only) - {nb.name[:2] for nb in found}
         if unknown:
@@ -30,7 +49,81 @@ def notebooks(only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def run_notebook(source: Path, target: Path, preset: str) -> None:
+# -- what a notebook's result depends on -------------------------------------------------------------
+
+
+def package_files() -> list[Path]:
+    """The git-tracked ``gift_lite/*.py`` (every ``gift_lite/*.py`` outside a git checkout)."""
+    root = repo_root()
+    try:
+        listed = subprocess.run(["git", "ls-files", "--", "gift_lite/*.py"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        listed = []
+    files = [root / name for name in listed] or list((root / "gift_lite").glob("*.py"))
+    return sorted(p for p in files if p.exists())
+
+
+def notebook_cells(path: Path) -> list[dict]:
+    """The cells' type, source and tags: what a run executes, without outputs or counters."""
+    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    return [{"type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
+             "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in cells]
+
+
+def input_hash(source: Path, preset: str) -> str:
+    """sha256 of the notebook's cells, the preset and the package source (``package_files``)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"cells": notebook_cells(source), "preset": preset}, sort_keys=True).encode())
+    for path in package_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` is an executed notebook in which every non-empty code cell ran without error."""
+    try:
+        cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for cell in cells:
+        if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
+            continue
+        if cell.get("execution_count") is None or any(o.get("output_type") == "error" for o in cell["outputs"]):
+            return False
+    return True
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised: which notebook, which cell (index in the executed copy and ``In [n]``),
+    the cell's source and the error."""
+
+    def __init__(self, notebook: Path, target: Path, cell_index: int, exec_count, source: str, ename: str,
+                 evalue: str):
+        self.notebook, self.target, self.cell_index, self.exec_count = notebook, target, cell_index, exec_count
+        self.source, self.ename, self.evalue = source, ename, evalue
+        super().__init__(f"{notebook.name} failed at cell {cell_index} (In [{exec_count}]): {ename}: {evalue}")
+
+    def report(self) -> str:
+        lines = self.source.splitlines()
+        shown = lines[:SOURCE_LINES] + ([f"... ({len(lines) - SOURCE_LINES} more lines)"]
+                                        if len(lines) > SOURCE_LINES else [])
+        return "\n".join([f"reproduce stopped at {self.notebook.name}, cell {self.cell_index} "
+                          f"(In [{self.exec_count}]):", *("    " + line for line in shown),
+                          f"{self.ename}: {self.evalue}",
+                          f"The executed copy, error included, is {self.target}. Fix it and run the same "
+                          "command again: finished notebooks are skipped."])
+
+
+def run_notebook(source: Path, target: Path, preset: str, *, progress: bool = True) -> None:
     """Execute ``source`` into ``target`` on ``preset``.
 
     The preset travels in ``$GIFT_PRESET``; it is also injected as a papermill parameter into
@@ -45,7 +138,8 @@ def run_notebook(source: Path, target: Path, preset: str) -> None:
     os.environ[ENV_VAR] = preset  # the kernel inherits it
     try:
         papermill.execute_notebook(str(source), str(target), parameters=parameters, cwd=str(source.parent),
-                                   progress_bar=True, kernel_name="python3")
+                                   progress_bar={"desc": source.stem} if progress else False,
+                                   kernel_name="python3")
     finally:
         if previous is None:
             os.environ.pop(ENV_VAR, None)
@@ -53,19 +147,42 @@ def run_notebook(source: Path, target: Path, preset: str) -> None:
             os.environ[ENV_VAR] = previous
 
 
-def reproduce(preset: str, only: list[str] | None = None, output: Path | None = None,
-              in_place: bool = False) -> list[Path]:
+def reproduce(preset: str, only: list[str] | None = None, output: Path | None = None, in_place: bool = False,
+              force: bool = False, *, log: Callable[[str], None] = print,
+              progress: bool = True) -> list[tuple[Path, str]]:
+    """Run the selected notebooks in order; returns ``(target, "ran" | "skipped")`` per notebook.
+
+    Raises ``NotebookFailed`` at the first notebook that raises (the notebooks after it do not run).
+    """
+    from papermill.exceptions import PapermillExecutionError
+
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of {sorted(PRESETS)}")
-    output = output or repo_root() / "runs" / preset
+    output = Path(output or repo_root() / "runs" / preset)
+    manifest = read_manifest(output)
     done = []
     for nb in notebooks(only):
         target = nb if in_place else output / nb.name
+        key = f"in-place/{nb.name}" if in_place else nb.name
+        digest = input_hash(nb, preset)
+        entry = manifest.get(key, {})
+        if not force and entry.get("hash") == digest and entry.get("complete") and is_complete(target):
+            log(f"[{preset}] {nb.name} skipped: up to date ({target}; --force reruns it)")
+            done.append((target, "skipped"))
+            continue
+        log(f"[{preset}] {nb.name} ...")
         start = time.monotonic()
-        print(f"[{preset}] {nb.name} ...", flush=True)
-        run_notebook(nb, target, preset)
-        print(f"[{preset}] {nb.name} done in {time.monotonic() - start:.0f} s -> {target}", flush=True)
-        done.append(target)
+        try:
+            run_notebook(nb, target, preset, progress=progress)
+        except PapermillExecutionError as err:
+            manifest[key] = {"hash": digest, "preset": preset, "complete": False}
+            write_json(output / MANIFEST, manifest)
+            raise NotebookFailed(nb, target, err.cell_index, err.exec_count, err.source, err.ename,
+                                 err.evalue) from None
+        manifest[key] = {"hash": digest, "preset": preset, "complete": is_complete(target)}
+        write_json(output / MANIFEST, manifest)
+        log(f"[{preset}] {nb.name} done in {time.monotonic() - start:.0f} s -> {target}")
+        done.append((target, "ran"))
     return done
 
 
@@ -75,13 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="execute the numbered notebooks with papermill")
     rep.add_argument("--preset", default="mini", choices=sorted(PRESETS))
     rep.add_argument("--only", nargs="*", metavar="NN", help="notebook numbers to run, e.g. 01 03")
-    rep.add_argument("--output", type=Path, help="folder for executed notebooks (default runs/<preset>)")
+    rep.add_argument("--output", type=Path, help="folder for executed notebooks and the resume manifest "
+                                                  "(default runs/<preset>)")
+    rep.add_argument("--force", action="store_true", help="rerun notebooks that are up to date")
     rep.add_argument("--in-place", action="store_true",
-                     help="write outputs into the committed notebooks (refreshes what readers see)")
+                     help="write outputs into the committed notebooks (refreshes what readers see); "
+                          "the resume manifest stays in the output folder")
     args = parser.parse_args(argv)
+    log = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        reproduce(args.preset, args.only, args.output, args.in_place)
-    except Exception as err:  # papermill's error names the failing cell; show it and stop
+        done = reproduce(args.preset, args.only, args.output, args.in_place, args.force, log=log)
+    except NotebookFailed as err:
+        print(err.report(), file=sys.stderr, flush=True)
+        return 1
+    except Exception as err:  # a missing kernel, an unknown notebook number, ...: say what and stop
         print(f"reproduce stopped: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    ran = sum(status == "ran" for _, status in done)
+    log(f"[{args.preset}] {ran} notebook(s) ran, {len(done) - ran} up to date")
     return 0

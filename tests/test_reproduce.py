@@ -1,0 +1,135 @@
+"""The batch runner on throwaway two-cell notebooks: order, --only, resume, --force, failures.
+
+Each notebook appends its name and preset to a log file, so a test reads which notebooks ran and
+in what order. A notebook run starts a kernel: a few seconds each.
+"""
+
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from gift_lite import reproduce
+
+
+def write_notebook(path, body: str) -> None:
+    params = new_code_cell("preset = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, path)
+
+
+def logging_cell(log, name: str) -> str:
+    """A cell that appends ``<name> <$GIFT_PRESET> <preset parameter>`` to ``log``."""
+    return (f"import os\n"
+            f"with open({str(log)!r}, 'a') as f:\n"
+            f"    f.write(f'{name} {{os.environ[\"GIFT_PRESET\"]}} {{preset}}\\n')")
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """notebooks/01_a and 02_b, each logging its run; the output folder; a reader of the log."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    log = tmp_path / "log.txt"
+    for name in ("01_a", "02_b"):
+        write_notebook(folder / f"{name}.ipynb", logging_cell(log, name))
+    monkeypatch.setattr(reproduce, "notebooks_dir", lambda: folder)
+    lines = lambda: log.read_text().splitlines() if log.exists() else []  # noqa: E731
+    return folder, tmp_path / "out", lines
+
+
+def run(out, *args):
+    return reproduce.reproduce("smoke", output=out, log=lambda _: None, progress=False, **dict(args))
+
+
+def test_runs_in_order_into_the_output_folder_then_skips_when_unchanged(world):
+    folder, out, lines = world
+    done = run(out)
+    assert lines() == ["01_a smoke smoke", "02_b smoke smoke"]  # in order, preset injected and in the env
+    assert [(p.name, s) for p, s in done] == [("01_a.ipynb", "ran"), ("02_b.ipynb", "ran")]
+    assert all(reproduce.is_complete(out / p.name) for p, _ in done)
+    assert not reproduce.is_complete(folder / "01_a.ipynb")  # the sources are never executed in place
+    manifest = json.loads((out / reproduce.MANIFEST).read_text())
+    assert set(manifest) == {"01_a.ipynb", "02_b.ipynb"} and all(e["complete"] for e in manifest.values())
+
+    assert [s for _, s in run(out)] == ["skipped", "skipped"]
+    assert len(lines()) == 2
+
+
+def test_reruns_a_notebook_whose_source_changed(world):
+    folder, out, lines = world
+    run(out)
+    nb = nbformat.read(folder / "02_b.ipynb", as_version=4)
+    nb.cells[1].source += "\nx = 1"
+    nbformat.write(nb, folder / "02_b.ipynb")
+    assert [s for _, s in run(out)] == ["skipped", "ran"]
+    assert lines()[-1].startswith("02_b") and len(lines()) == 3
+
+
+def test_only_and_force(world):
+    _, out, lines = world
+    assert [p.name for p, _ in run(out, ("only", ["02"]))] == ["02_b.ipynb"]
+    assert [s for _, s in run(out, ("only", ["02"]))] == ["skipped"]
+    assert [s for _, s in run(out, ("only", ["02"]), ("force", True))] == ["ran"]
+    assert lines() == ["02_b smoke smoke"] * 2
+
+
+def test_stops_at_the_first_failure_showing_the_cell_then_resumes(world, capsys):
+    folder, out, lines = world
+    write_notebook(folder / "02_b.ipynb", "y = 2\nraise ValueError('boom in b')")
+    write_notebook(folder / "03_c.ipynb", logging_cell(out.parent / "log.txt", "03_c"))
+    assert reproduce.main(["reproduce", "--preset", "smoke", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "02_b.ipynb" in err and "ValueError: boom in b" in err
+    assert "raise ValueError('boom in b')" in err and "In [" in err  # the failing cell's source
+    assert lines() == ["01_a smoke smoke"]  # 03 never ran
+    assert not reproduce.is_complete(out / "02_b.ipynb")
+
+    write_notebook(folder / "02_b.ipynb", "y = 2")  # fixed: 01 is skipped, 02 and 03 run
+    assert reproduce.main(["reproduce", "--preset", "smoke", "--output", str(out)]) == 0
+    assert "01_a.ipynb skipped" in capsys.readouterr().out
+    assert lines() == ["01_a smoke smoke", "03_c smoke smoke"]
+
+
+def test_in_place_injects_no_parameters(world):
+    folder, out, lines = world
+    run(out, ("only", ["01"]), ("in_place", True))
+    nb = nbformat.read(folder / "01_a.ipynb", as_version=4)
+    assert reproduce.is_complete(folder / "01_a.ipynb")
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    assert lines() == ["01_a smoke None"]  # the preset came through $GIFT_PRESET only
+    assert [s for _, s in run(out, ("only", ["01"]), ("in_place", True))] == ["skipped"]
+
+
+def test_input_hash_follows_sources_and_preset_not_outputs(tmp_path):
+    path = tmp_path / "01_x.ipynb"
+    write_notebook(path, "print(1)")
+    digest = reproduce.input_hash(path, "smoke")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="1\n")]
+    nb.cells[1].execution_count = 1
+    nbformat.write(nb, path)
+    assert reproduce.input_hash(path, "smoke") == digest  # outputs do not count
+    assert reproduce.input_hash(path, "mini") != digest
+    nb.cells[1].source = "print(2)"
+    nbformat.write(nb, path)
+    assert reproduce.input_hash(path, "smoke") != digest
+    assert any(p.name == "losses.py" for p in reproduce.package_files())
+
+
+def test_is_complete_wants_every_code_cell_run_without_error(tmp_path):
+    path = tmp_path / "n.ipynb"
+    write_notebook(path, "print(1)")
+    assert not reproduce.is_complete(path)  # never executed
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        cell.execution_count = i + 1
+    nbformat.write(nb, path)
+    assert reproduce.is_complete(path)
+    nb.cells[1].outputs = [nbformat.v4.new_output("error", ename="E", evalue="x", traceback=[])]
+    nbformat.write(nb, path)
+    assert not reproduce.is_complete(path)
+    assert not reproduce.is_complete(tmp_path / "missing.ipynb")
