@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers import AutoModelForCausalLM, PrinterCallback
 
 from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
                                 weight_geometry)
-from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_adapter
+from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer
 from gift_lite.repro import seed_everything
 from gift_lite.results import RESULT_COLUMNS, write_csv
 from gift_lite.rewards import countdown_reward_func
@@ -147,7 +147,7 @@ def load_policy(base_dir: Path, adapter: Path | None = None, *, trainable: bool 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if adapter is not None:
         model = load_adapter(model, adapter, is_trainable=trainable)
-    return model.eval(), AutoTokenizer.from_pretrained(base_dir)
+    return model.eval(), load_tokenizer(base_dir)
 
 
 # -- evaluation -----------------------------------------------------------------------------------

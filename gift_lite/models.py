@@ -7,13 +7,16 @@ so the QLoRA path (bitsandbytes NF4, which also runs on CPU) is the one real mod
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
 
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # saved by a tokenizers-built tokenizer
 # LoRA on every attention and MLP projection, never on lm_head (issue 2; QLoRA paper practice).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -86,6 +89,19 @@ def load_base(name_or_path: str | Path, *, four_bit: bool = False, dtype: torch.
             kwargs["device_map"] = {"": 0}
     return AutoModelForCausalLM.from_pretrained(str(Path(name_or_path).expanduser()) if looks_local
                                                 else name_or_path, **kwargs)
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """The tokenizer saved with a model, loaded as the class it was saved as.
+
+    ``AutoTokenizer`` picks the class from the model's ``config.json`` when there is one, so a
+    tokenizer built with the ``tokenizers`` library and saved beside a Qwen2 model would come back
+    as ``Qwen2Tokenizer``, whose own pre-tokenizer silently drops spaces. A generic one stays generic.
+    """
+    config = Path(name_or_path) / "tokenizer_config.json"
+    if config.exists() and json.loads(config.read_text()).get("tokenizer_class") in GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def add_lora(model: torch.nn.Module, settings: LoraSettings = LoraSettings()) -> PeftModel:

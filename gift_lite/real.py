@@ -35,12 +35,13 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 
 from gift_lite.data import Problem, load_benchmark, load_rl_prompts, load_sft, split_of
 from gift_lite.evaluate import evaluate_task
 from gift_lite.losses import DEFAULT_BETA
 from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path
+from gift_lite import models
 from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base
 from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import RESULT_COLUMNS, write_csv
@@ -223,7 +224,7 @@ def resolve_model(settings: RealSettings, data_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def load_tokenizer(model_path: str):
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = models.load_tokenizer(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

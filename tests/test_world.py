@@ -157,3 +157,16 @@ def test_pretraining_is_deterministic_and_saves(world, tmp_path):
     assert loaded.generation_config.eos_token_id == build_tokenizer().eos_token_id
     model_c, _ = pretrain_base(world, TINY_MODEL, PretrainConfig(**{**config.__dict__, "seed": 1}), progress=False)
     assert not torch.equal(model_c.state_dict()["lm_head.weight"], state_a["lm_head.weight"])
+
+
+def test_saved_base_reloads_with_the_same_tokenizer(tmp_path):
+    # With a Qwen2 config.json beside it, AutoTokenizer would return Qwen2Tokenizer, which drops
+    # the spaces between the numbers; models.load_tokenizer keeps the class that was saved.
+    from gift_lite.models import TinyModelConfig, load_tokenizer, tiny_qwen2
+
+    tokenizer = build_tokenizer()
+    tiny_qwen2(TinyModelConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                               intermediate_size=32)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = "5 7 9>26:5*7=35,35-9=26"
+    assert load_tokenizer(tmp_path)(text)["input_ids"] == tokenizer(text)["input_ids"]
