@@ -4,7 +4,8 @@ GIFT is a diff from SFT: the same data pipeline, the same optimiser, one differe
 trainer subclasses ``trl.SFTTrainer`` (for its prompt–completion tokenisation, completion-only
 masks and EOS handling) and overrides one method, ``compute_loss``. SFTTrainer's own loss runs a
 fused LM head that returns only gold-token log-probabilities; GIFT needs the full distribution
-of both the student and the frozen base, so ``compute_loss`` calls the model's ordinary forward.
+of both the student and the frozen base, so ``compute_loss`` runs its own fused head on the final
+hidden states (the fused path, below) or the model's ordinary forward (the logits path).
 
 The anchor each loss needs (``losses.ANCHOR``) comes from:
 - ``"base"`` (gift, asft): the same model with its LoRA adapter disabled, so there is no second
@@ -12,20 +13,60 @@ The anchor each loss needs (``losses.ANCHOR``) comes from:
 - ``"snapshot"`` (psft): the trainable parameters as they were ``psft_refresh_steps`` optimizer
   steps ago at most (PSFT's old policy, arXiv 2508.17784, refreshed once per rollout batch of
   several mini-batch updates), swapped in for one no-grad forward pass.
+
+The fused path (``GIFTConfig.fused_loss``, on by default). For ``loss_type`` ``"gift"`` and
+``"sft"`` (GIFT at ``beta = inf``) on a model whose LM head is a plain ``nn.Linear`` after a
+backbone returning ``last_hidden_state`` (Qwen2, Llama and their LoRA/QLoRA wrappers; no logit
+scaling or soft-capping), the loss is ``losses.fused_gift_loss`` on the final hidden states and
+``lm_head.weight``: the ``[tokens x vocab]`` logits of the student and of the base never exist.
+The hidden states come through the model's own ``forward`` (so DDP and accelerate's autocast
+wrappers still apply): ``__init__`` patches it, as TRL patches it for its fused head, so that
+``model(..., gift_hidden_states=True)`` returns the backbone's output without the head. The
+reference uses the same head (LoRA never targets ``lm_head``; ``models.add_lora`` refuses it) or,
+for full fine-tuning, the frozen copy's head. Everything else (other losses, other models,
+``compute_loss(return_outputs=True)`` as in evaluation with logits) takes the logits path. On the
+fused path the ``entropy`` and ``mean_token_accuracy`` metrics are averaged over at most
+``metrics_max_tokens`` evenly spaced response tokens per micro-batch (one small head matmul)
+instead of all of them.
+
+The reference cache (``GIFTConfig.reference_cache``, ``gift_lite.refcache``): the base's
+per-token outputs for the whole training set, computed at the first training step and read back
+at every later one (exact hidden states by default; top-K log-probs with
+``reference_cache_topk``: the refcache docstring weighs the two). Rows are found by the example's
+index in the prepared training set: the trainer adds a ``gift_example_index`` column to it, keeps
+it through ``remove_unused_columns`` (``_set_signature_columns_if_needed``) and through TRL's
+collator (which keeps only the keys it knows; a thin wrapper re-attaches it as a tensor), so the
+sampler may shuffle freely. Packing and padding-free batches mix examples in one row and are
+refused with the cache. Evaluation batches carry no index and use the live reference.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import time
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
+from gift_lite import refcache
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
-                              DEFAULT_KL_COEF, LOSS_HPARAMS, LOSSES)
+                              DEFAULT_KL_COEF, LOSS_HPARAMS, LOSSES, fused_gift_loss)
 from gift_lite.models import cuda_bf16
+
+FUSED_LOSSES = ("sft", "gift")  # computed from hidden states when the model allows (sft: beta = inf)
+INDEX_COLUMN = "gift_example_index"  # the prepared training row's index, for the reference cache
+HIDDEN_KWARG = "gift_hidden_states"  # model(..., gift_hidden_states=True): the backbone's output
+# Config attributes that rescale or cap the logits after the head (TRL's fused head lists them);
+# fused_gift_loss does neither, so such models take the logits path.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                    "logits_scaling")
 
 
 @dataclass
@@ -41,10 +82,30 @@ class GIFTConfig(SFTConfig):
     clip_epsilon: float = field(default=DEFAULT_CLIP_EPSILON, metadata={"help": "psft: ratio clip range."})
     psft_refresh_steps: int = field(default=8, metadata={
         "help": "psft: optimizer steps per old-policy snapshot (PSFT's run_psft.sh: batch 256 / mini-batch 32)."})
+    fused_loss: bool = field(default=True, metadata={
+        "help": "gift/sft: loss from hidden states and lm_head, never the full logits (ours; False: logits)."})
+    metrics_max_tokens: int = field(default=256, metadata={
+        "help": "Fused path: response tokens per micro-batch behind entropy/accuracy (ours; 0: skip)."})
+    reference_cache: str | None = field(default=None, metadata={
+        "help": "gift: folder caching the base's reference pass across epochs (gift_lite.refcache)."})
+    reference_cache_topk: int | None = field(default=None, metadata={
+        "help": "With reference_cache: None stores hidden states (exact); K stores top-K log-probs (approx)."})
 
     def __post_init__(self):
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {sorted(LOSSES)}")
+        if not (isinstance(self.metrics_max_tokens, int) and self.metrics_max_tokens >= 0):
+            raise ValueError(f"metrics_max_tokens={self.metrics_max_tokens!r} must be an int >= 0")
+        if self.reference_cache is not None:
+            if self.loss_type != "gift" or not self.fused_loss:
+                raise ValueError(f"reference_cache is used by loss_type='gift' with fused_loss=True, got "
+                                 f"loss_type={self.loss_type!r}, fused_loss={self.fused_loss!r}")
+            if self.packing or self.padding_free:
+                raise ValueError("reference_cache needs one example per row: set packing=False, padding_free=False")
+        topk = self.reference_cache_topk
+        if topk is not None and (self.reference_cache is None or isinstance(topk, bool)
+                                 or not isinstance(topk, int) or topk < 0):
+            raise ValueError(f"reference_cache_topk={topk!r} must be None or an int >= 0, with reference_cache set")
         if not (isinstance(self.psft_refresh_steps, int) and self.psft_refresh_steps >= 1):
             raise ValueError(f"psft_refresh_steps={self.psft_refresh_steps!r} must be an int >= 1")
         if self.bf16 is None:  # TRL defaults to bf16 everywhere; on CPU that only slows training down
@@ -61,7 +122,12 @@ class GIFTConfig(SFTConfig):
 
 
 class GIFTTrainer(SFTTrainer):
-    """``SFTTrainer`` that overrides ``compute_loss`` with ``LOSSES[args.loss_type]``."""
+    """``SFTTrainer`` that overrides ``compute_loss`` with ``LOSSES[args.loss_type]``.
+
+    Also touched, for the fused path and the reference cache (module docstring): the model's
+    ``forward`` is wrapped once in ``__init__`` (``gift_hidden_states=True``), the training set
+    gains an index column, and ``_set_signature_columns_if_needed`` keeps that column.
+    """
 
     # Our losses are means over the micro-batch's response tokens (as in the official code), so
     # Trainer divides them by the gradient-accumulation steps.
@@ -78,15 +144,29 @@ class GIFTTrainer(SFTTrainer):
             args.loss_type = loss_type
         self.loss_fn = LOSSES[loss_type]
         self.anchor = ANCHOR[loss_type]
+        causal_lm = _causal_lm(self.model)
+        self.fused = args.fused_loss and loss_type in FUSED_LOSSES and fused_head(causal_lm) is not None
+        if self.fused:
+            _add_hidden_forward(causal_lm)
         self._frozen_base = None
         if self.anchor == "base" and not hasattr(self.model, "disable_adapter"):
             self._frozen_base = copy.deepcopy(self.model).eval().requires_grad_(False)
+            # The copy's instance-level forward (TRL's fused-head patch, ours) is bound through a
+            # closure to the *student's* original forward; drop it so the copy runs its own class
+            # forward. (Without this the "frozen" anchor was the live student.)
+            self._frozen_base.__dict__.pop("forward", None)
         self._snapshot: dict[str, torch.Tensor] = {}
         self._snapshot_block = -1
+        self.ref_cache: refcache.ReferenceCache | None = None
+        self.ref_cache_build_s: float | None = None  # wall time of building it (None: read from disk)
+        if args.reference_cache is not None:
+            self._index_training_rows()
 
     # -- the one overridden method -------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+        if self.fused and not return_outputs:
+            return self._fused_loss(model, inputs, model_inputs)
         outputs = model(**model_inputs, use_cache=False)
         logits = outputs.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
         labels = inputs["labels"][:, 1:]
@@ -94,6 +174,132 @@ class GIFTTrainer(SFTTrainer):
         loss = self.loss_fn(logits, anchor_logits, labels, ignore_index=-100, **self.args.loss_kwargs())
         self._log_token_metrics(logits, labels)
         return (loss, outputs) if return_outputs else loss
+
+    # -- the fused path ----------------------------------------------------------------------
+    def _fused_loss(self, model, inputs, model_inputs) -> torch.Tensor:
+        """``fused_gift_loss`` on the final hidden states: no ``[tokens x vocab]`` tensor."""
+        hidden = model(**model_inputs, use_cache=False, **{HIDDEN_KWARG: True}).last_hidden_state
+        head = fused_head(_causal_lm(self.accelerator.unwrap_model(model)))
+        weight, bias = head.weight, head.bias
+        hidden = hidden[:, :-1].to(weight.dtype)  # (B, T-1, D); accelerate may hand back fp32
+        labels = inputs["labels"][:, 1:]
+        beta = math.inf if self.args.loss_type == "sft" else float(self.args.beta)
+        lam = self.args.smooth_lambda if self.args.loss_type == "gift" else 0.0
+        index = inputs.get(INDEX_COLUMN)
+        if math.isinf(beta):  # SFT: the reference is not used
+            loss = fused_gift_loss(hidden, hidden, weight, labels, beta=beta, bias=bias)
+        elif self.args.reference_cache is not None and index is not None and model.training:
+            loss = self._cached_loss(model, hidden, weight, bias, labels, index, beta, lam)
+        else:
+            ref_hidden, ref_head = self._reference_hidden(model, model_inputs)
+            ref_w, ref_b = (None, None) if ref_head is None else (ref_head.weight, ref_head.bias)
+            ref_hidden = ref_hidden.to(weight.dtype if ref_w is None else ref_w.dtype)
+            loss = fused_gift_loss(hidden, ref_hidden, weight, labels, beta=beta, smooth_lambda=lam,
+                                   bias=bias, ref_lm_head_weight=ref_w, ref_bias=ref_b)
+        self._log_sampled_metrics(hidden, weight, bias, labels)
+        return loss
+
+    @torch.no_grad()
+    def _reference_hidden(self, model, model_inputs):
+        """The base's final hidden states ``(B, T-1, D)`` and its head (None: the student's)."""
+        if self._frozen_base is not None:
+            out = self._frozen_base.base_model(**model_inputs, use_cache=False)
+            return out.last_hidden_state[:, :-1], self._frozen_base.get_output_embeddings()
+        unwrapped = self.accelerator.unwrap_model(model)  # no DDP hooks: no gradient, maybe one rank
+        with unwrapped.disable_adapter():
+            out = unwrapped(**model_inputs, use_cache=False, **{HIDDEN_KWARG: True})
+        return out.last_hidden_state[:, :-1], None
+
+    def _reference_head(self, model):
+        head = (self._frozen_base.get_output_embeddings() if self._frozen_base is not None
+                else fused_head(_causal_lm(self.accelerator.unwrap_model(model))))
+        return head.weight, head.bias
+
+    def _cached_loss(self, model, hidden, weight, bias, labels, index, beta, lam) -> torch.Tensor:
+        """The loss with the reference read from the cache (built on first use)."""
+        if self.ref_cache is None:
+            self.ref_cache = self._open_or_build_cache(model)
+        mask = labels != -100
+        rows = self.ref_cache.rows(index.tolist(), device=hidden.device)
+        h, y = hidden[mask], labels[mask]  # (n, D), (n,): row-major, the order the cache stores
+        first = next(iter(rows.values()))
+        if first.shape[0] != y.shape[0]:
+            raise RuntimeError(f"the reference cache holds {first.shape[0]} response tokens for examples "
+                               f"{index.tolist()}, the batch has {y.shape[0]}; delete {self.ref_cache.path}")
+        if self.args.reference_cache_topk is not None:
+            return refcache.topk_gift_loss(h, weight, y, rows["topk_ids"], rows["topk_logprobs"],
+                                           rows["gold_logprobs"], beta=beta, smooth_lambda=lam, bias=bias)
+        ref_w, ref_b = self._reference_head(model)
+        shared = self._frozen_base is None
+        return fused_gift_loss(h, rows["hidden"], weight, y, beta=beta, smooth_lambda=lam, bias=bias,
+                               ref_lm_head_weight=None if shared else ref_w, ref_bias=None if shared else ref_b)
+
+    # -- the reference cache -------------------------------------------------------------------
+    def _index_training_rows(self) -> None:
+        """Add the row index column and carry it through the collator (module docstring)."""
+        from datasets import Dataset
+
+        if not isinstance(self.train_dataset, Dataset):
+            raise ValueError("reference_cache needs a map-style datasets.Dataset as train_dataset")
+        if not self.fused:
+            raise ValueError(f"reference_cache needs the fused path; {type(_causal_lm(self.model)).__name__} "
+                             "has no plain nn.Linear lm_head after a backbone (see fused_head)")
+        if INDEX_COLUMN in self.train_dataset.column_names:
+            self.train_dataset = self.train_dataset.remove_columns(INDEX_COLUMN)
+        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(self.train_dataset))))
+        self.data_collator = _KeepIndex(self.data_collator)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.args.reference_cache is not None and INDEX_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, INDEX_COLUMN]
+
+    def _cache_parts(self, model) -> dict:
+        rows = self.train_dataset
+        base = self._frozen_base if self._frozen_base is not None else self.accelerator.unwrap_model(model)
+        weight, _ = self._reference_head(model)
+        return {"rows": refcache.rows_fingerprint(rows["input_ids"], rows["labels"]),
+                "model": refcache.model_fingerprint(base),
+                "tokenizer": refcache.tokenizer_fingerprint(self.processing_class),
+                "topk": self.args.reference_cache_topk, "dtype": str(weight.dtype),
+                "hidden_size": weight.shape[1], "vocab": weight.shape[0]}
+
+    def _open_or_build_cache(self, model) -> refcache.ReferenceCache:
+        parts = self._cache_parts(model)
+        key = refcache.cache_key(parts)
+        # response tokens per example: labels[1:] as compute_loss shifts them
+        counts = [sum(1 for y in labels[1:] if y != -100) for labels in self.train_dataset["labels"]]
+        with self.accelerator.main_process_first():  # rank 0 builds; the others then open it
+            cache = refcache.open_cache(self.args.reference_cache, key, counts)
+            if cache is None:
+                start = time.perf_counter()
+                cache = self._build_cache(model, key, parts, counts)
+                self.ref_cache_build_s = time.perf_counter() - start
+        return cache
+
+    def _build_cache(self, model, key: str, parts: dict, counts: list[int]) -> refcache.ReferenceCache:
+        """One reference pass over the training rows in index order, the live path's code."""
+        rows = self.train_dataset.select_columns(["input_ids", "labels"])
+        weight, bias = self._reference_head(model)
+        topk = self.args.reference_cache_topk
+        if topk is not None and topk > weight.shape[0]:
+            raise ValueError(f"reference_cache_topk={topk} exceeds the vocabulary ({weight.shape[0]})")
+        specs = refcache.specs_for(topk, weight.shape[1], weight.dtype)
+        collate = getattr(self.data_collator, "collator", self.data_collator)
+        size = self.args.per_device_train_batch_size
+
+        def batches():
+            for start in tqdm(range(0, len(rows), size), desc="reference cache",
+                              disable=self.args.disable_tqdm):
+                ids = list(range(start, min(start + size, len(rows))))
+                batch = self._prepare_inputs(collate([rows[i] for i in ids]))
+                model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+                labels = batch["labels"][:, 1:]
+                ref_hidden, _ = self._reference_hidden(model, model_inputs)
+                mask = labels != -100
+                yield ids, refcache.reference_rows(ref_hidden[mask], labels[mask], weight, bias, topk)
+
+        return refcache.build_cache(self.args.reference_cache, key, counts, specs, batches(), parts)
 
     # -- anchors ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -139,3 +345,85 @@ class GIFTTrainer(SFTTrainer):
         accuracy = (logp.argmax(-1) == labels[mask]).float().mean().item()
         self._metrics[mode]["entropy"].append(entropy)
         self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+
+    @torch.no_grad()
+    def _log_sampled_metrics(self, hidden, weight, bias, labels) -> None:
+        """``entropy`` and ``mean_token_accuracy`` over at most ``metrics_max_tokens`` evenly
+        spaced response tokens: one ``[k x V]`` head matmul instead of the full logits."""
+        k = self.args.metrics_max_tokens
+        mask = labels != -100
+        n = int(mask.sum())
+        if k == 0 or n == 0:
+            return
+        rows, y = hidden[mask], labels[mask]
+        if n > k:
+            pick = torch.linspace(0, n - 1, k, device=rows.device).round().long()
+            rows, y = rows[pick], y[pick]
+        self._log_token_metrics(F.linear(rows.detach(), weight.detach(),
+                                         None if bias is None else bias.detach()), y)
+
+
+class _KeepIndex:
+    """Wraps TRL's collator (which keeps only the keys it knows) to re-attach the row index."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __getattr__(self, name):  # only for names not found on the wrapper itself
+        if name == "collator" or name.startswith("__"):  # e.g. while unpickling in a worker
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def __call__(self, examples):
+        index = [ex[INDEX_COLUMN] for ex in examples] if examples and INDEX_COLUMN in examples[0] else None
+        batch = self.collator([{k: v for k, v in ex.items() if k != INDEX_COLUMN} for ex in examples])
+        if index is not None:
+            batch[INDEX_COLUMN] = torch.tensor(index, dtype=torch.long)
+        return batch
+
+
+def _causal_lm(model):
+    """The transformers model under PEFT (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def fused_head(model) -> torch.nn.Linear | None:
+    """The LM head ``fused_gift_loss`` can stand in for, or None (then the logits path runs).
+
+    ``model``: the transformers causal LM (under PEFT: ``get_base_model()``). Requires a backbone
+    (``model.base_model`` is not the model itself), a plain ``nn.Linear`` head with an ordinary
+    weight (not LoRA-wrapped, not bitsandbytes-quantised; bitsandbytes leaves lm_head alone), and
+    no logit scaling or soft-capping in the config.
+    """
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
+        return None
+    if getattr(model, "base_model", model) is model:
+        return None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def _add_hidden_forward(model) -> None:
+    """Let ``model(..., gift_hidden_states=True)`` return its backbone's output, skipping the head.
+
+    The same move as TRL's ``add_fused_lm_head``: the call still enters through the (possibly
+    DDP/accelerate/PEFT-wrapped) model's ``forward``, so gradient hooks, autocast and LoRA apply.
+    """
+    if getattr(model.forward, "_gift_hidden", False):
+        return
+    previous = model.forward
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, labels=None, **kwargs):
+        if not kwargs.pop(HIDDEN_KWARG, False):
+            return previous(*args, labels=labels, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}  # PEFT passes output_* = None
+        kwargs["use_cache"] = False
+        return self.base_model(*args, **kwargs)
+
+    forward._gift_hidden = True
+    model.forward = types.MethodType(forward, model)

@@ -31,3 +31,28 @@ def test_bench_loss_tiny_writes_csv_and_run_json(tmp_path):
     run = json.loads(out.with_name("loss_run.json").read_text())
     assert run["config"]["sizes"] == "256x512x32" and "versions" in run
     assert "fused chunk 64: peak =" in done.stdout
+
+
+STEP_SCRIPT = ROOT / "benchmarks" / "bench_step.py"
+STEP_COLUMNS = ["model", "vocab", "hidden", "adapter", "method", "status", "step_s", "tokens_per_s", "peak_mib",
+                "cache_build_s", "topk_tv_max", "steps", "repeats", "tokens_per_step", "threads", "device",
+                "memory_method"]
+STEP_METHODS = {"sft", "gift_logits", "gift_live", "gift_cached", "gift_topk"}
+
+
+def test_bench_step_tiny_writes_csv_and_run_json(tmp_path):
+    out = tmp_path / "step.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == STEP_COLUMNS
+    assert set(frame["method"]) == STEP_METHODS and set(frame["adapter"]) == {"lora", "qlora"}
+    assert (frame["status"] == "ok").all(), frame["status"].tolist()
+    assert (frame["step_s"] > 0).all() and all(math.isfinite(v) for v in frame["tokens_per_s"])
+    cached = frame["method"].isin(["gift_cached", "gift_topk"])
+    assert (frame.loc[cached, "cache_build_s"] > 0).all()
+    assert frame.loc[frame["method"] == "gift_topk", "topk_tv_max"].notna().all()
+    run = json.loads(out.with_name("step_run.json").read_text())
+    assert run["config"]["tiny"] is True and "load_average_before" in run["config"]
+    assert "step time vs sft" in done.stdout

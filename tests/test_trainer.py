@@ -2,13 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 
 from gift_lite.losses import LOSSES
 from gift_lite.models import LoraSettings, load_lora, load_qlora
-from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.trainer import GIFTConfig, GIFTTrainer, fused_head
 from transformers import AutoModelForCausalLM
 
 
@@ -104,3 +105,62 @@ def test_training_is_deterministic(tiny_model_dir, tokenizer, sft_rows, tmp_path
 def test_config_rejects_unknown_loss(field, value, tmp_path):
     with pytest.raises(ValueError, match=field):
         make_config(tmp_path, **{field: value})
+
+
+# -- the fused path (issue 6) -------------------------------------------------------------------
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def build_model(kind, model_dir):
+    torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
+    if kind == "lora":
+        return load_lora(model_dir, LoraSettings(r=4, lora_alpha=8))
+    if kind == "qlora":
+        return load_qlora(model_dir, LoraSettings(r=4, lora_alpha=8))
+    return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("kind,loss_type", [("lora", "gift"), ("qlora", "gift"), ("full", "gift"), ("lora", "sft")])
+def test_fused_loss_gives_the_logits_paths_updates(kind, loss_type, tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    """Same loss, same weights after three steps, same logged metrics. SGD, so each update is the
+    gradient: Adam's first steps divide the gradient by its own size and turn the rounding of
+    near-zero entries into +-lr."""
+    runs = {}
+    for fused in (True, False):
+        model = build_model(kind, tiny_model_dir)
+        config = make_config(tmp_path / str(fused), loss_type=loss_type, beta=1.0, fused_loss=fused, optim="sgd")
+        trainer, result = train(model, tokenizer, sft_rows, config)
+        assert trainer.fused == fused
+        runs[fused] = (result.training_loss, trainable_state(model), trainer.state.log_history)
+    assert math.isclose(runs[True][0], runs[False][0], rel_tol=1e-6)
+    for n, w in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][n], w, rtol=1e-5, atol=1e-7)
+    logged = {fused: [(e["entropy"], e["mean_token_accuracy"]) for e in runs[fused][2] if "entropy" in e]
+              for fused in runs}
+    assert len(logged[True]) == 3  # batches below metrics_max_tokens: every token, as the logits path
+    np.testing.assert_allclose(logged[True], logged[False], rtol=1e-5)
+
+
+def test_fused_head_needs_a_plain_linear_head_and_unscaled_logits(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert fused_head(model) is model.lm_head
+    qlora = load_qlora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    assert fused_head(qlora.get_base_model()) is qlora.get_base_model().lm_head  # bitsandbytes skips lm_head
+    model.config.final_logit_softcapping = 30.0
+    assert fused_head(model) is None
+    trainer = GIFTTrainer(model=model, args=make_config(tmp_path, loss_type="gift"),
+                          train_dataset=Dataset.from_list(sft_rows), processing_class=tokenizer)
+    assert not trainer.fused  # falls back to gift_loss on the logits
+
+
+def test_full_finetune_anchor_is_the_frozen_base_not_the_student(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer, _ = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type="gift", beta=1.0))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = dict(tokenizer(["3 5 7>26:5*7"], return_tensors="pt"))
+    want = base(**ids).logits[:, :-1]
+    torch.testing.assert_close(trainer._anchor_logits(trainer.model, ids), want)
+    ref_hidden, head = trainer._reference_hidden(trainer.model, ids)  # the fused path's reference
+    torch.testing.assert_close(head(ref_hidden), want)
+    assert not torch.allclose(model(**ids).logits[:, :-1], want)  # the student did move
