@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -26,7 +25,8 @@ from transformers import AutoModelForCausalLM, PrinterCallback
 
 from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
                                 weight_geometry)
-from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer
+from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
+                              save_adapter)
 from gift_lite.repro import seed_everything
 from gift_lite.results import RESULT_COLUMNS, write_csv
 from gift_lite.rewards import countdown_reward_func
@@ -223,18 +223,8 @@ def train_initialiser(world: World, settings: MiniSettings, base_dir: Path, meth
                               processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # the notebook shows one progress bar over runs
         result = trainer.train()
-    _save_adapter(model, out_dir)
+    save_adapter(model, out_dir)
     return {"train/loss": result.training_loss}
-
-
-def _save_adapter(model, out_dir: Path) -> None:
-    """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
 
 
 def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
@@ -282,7 +272,7 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
                              use_cpu=not torch.cuda.is_available())
         trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config)
     curve = reward_curve(trainer)
-    _save_adapter(policy, adapter_dir(data_dir, "rl", key))
+    save_adapter(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
     rows = evaluate_policy(policy, tokenizer, world, settings.eval, seed=seed)
     rows += _geometry_rows(start_state, policy, "geometry/init_to_rl")

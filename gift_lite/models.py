@@ -8,6 +8,7 @@ so the QLoRA path (bitsandbytes NF4, which also runs on CPU) is the one real mod
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,16 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, *, is_trainable
 def cuda_bf16() -> bool:
     """Whether to train in bf16: on a GPU that supports it; CPU training stays in fp32."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def save_adapter(model, out_dir: str | Path) -> None:
+    """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

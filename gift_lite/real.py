@@ -34,15 +34,16 @@ import pandas as pd
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 
 from gift_lite.data import Problem, load_benchmark, load_rl_prompts, load_sft, split_of
 from gift_lite.evaluate import evaluate_task
 from gift_lite.losses import DEFAULT_BETA
-from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path
+from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path  # noqa: F401 (collect: re-exported for notebook 06)
 from gift_lite import models
-from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base
+from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base, save_adapter
 from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import RESULT_COLUMNS, write_csv
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
@@ -187,7 +188,7 @@ SPECIALS = ("<|pad|>", "<|endoftext|>", "<|unk|>")
 def char_tokenizer() -> PreTrainedTokenizerFast:
     """One token per printable ASCII character; EOS ``<|endoftext|>`` as in Qwen2.5, no BOS."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tok = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>",
@@ -395,16 +396,6 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     trainer.accelerator.wait_for_everyone()
-
-
-def save_adapter(model, out_dir: Path) -> None:
-    """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
 
 
 def _frame(method: str, beta: float, seed: int, stage: str, rows: list[dict]) -> pd.DataFrame:

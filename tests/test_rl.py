@@ -1,6 +1,5 @@
 """GRPO wiring: the paper's settings reach TRL, and a LoRA policy trains for a few steps."""
 
-import math
 
 import pytest
 import torch
