@@ -49,10 +49,11 @@ def test_every_loss_trains_lora_and_keeps_base(loss_type, tiny_model_dir, tokeni
         assert torch.equal(before_base[n], w), n
 
 
-def test_qlora_gift_trains_adapters_only(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+@pytest.mark.parametrize("loss_type", sorted(LOSSES))
+def test_every_loss_trains_qlora_adapters_only(loss_type, tiny_model_dir, tokenizer, sft_rows, tmp_path):
     model = load_qlora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
     before_adapter, before_base = adapter_state(model), base_state(model)
-    trainer, result = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type="gift", beta=2.0))
+    trainer, result = train(model, tokenizer, sft_rows, make_config(tmp_path, loss_type=loss_type, beta=2.0))
     assert math.isfinite(result.training_loss)
     after = adapter_state(model)
     assert any(not torch.equal(before_adapter[n], after[n]) for n in before_adapter)
