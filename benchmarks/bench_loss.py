@@ -48,6 +48,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from gift_lite import losses  # noqa: E402
+from memtools import reset_rss_peak, rss_kib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("official", "gift_loss", "fused", "cross_entropy", "matmul_floor")
 DEFAULT_SIZES = "4096x32000x256,8192x32000x256,4096x152064x256,8192x152064x256"
@@ -113,24 +114,6 @@ def matmul_floor(h, ref_h, w, labels, chunk_size=None):
 
 
 # -- child: one method, one size ----------------------------------------------------------------
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_child(method: str, n: int, vocab: int, dim: int, repeats: int, chunk_size: int,
               seed: int, mode: str) -> dict:
     """``mode="time"``: median of ``repeats`` passes; ``"memory"``: peak RSS growth over two."""
@@ -143,8 +126,8 @@ def run_child(method: str, n: int, vocab: int, dim: int, repeats: int, chunk_siz
           "matmul_floor": lambda *a: matmul_floor(*a, chunk_size or None),
           "fused": lambda *a: fused(*a, chunk_size)}[method]
     if mode == "memory":
-        memory_method = "VmHWM after clear_refs" if _reset_peak() else "ru_maxrss"
-        baseline_kib = _rss_kib("VmRSS") or 0
+        memory_method = "VmHWM after clear_refs" if reset_rss_peak() else "ru_maxrss"
+        baseline_kib = rss_kib("VmRSS") or 0
     times = []
     for i in range((repeats if mode == "time" else 1) + 1):  # the first pass warms up, untimed
         h.grad = w.grad = None
@@ -154,7 +137,7 @@ def run_child(method: str, n: int, vocab: int, dim: int, repeats: int, chunk_siz
     if mode == "time":
         return {"time_s": statistics.median(times[1:]), "threads": torch.get_num_threads()}
     peak_kib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if memory_method == "ru_maxrss"
-                else _rss_kib("VmHWM") or 0)
+                else rss_kib("VmHWM") or 0)
     return {"peak_mib": (peak_kib - baseline_kib) / 1024, "memory_method": memory_method}
 
 

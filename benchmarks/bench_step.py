@@ -53,6 +53,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from memtools import reset_rss_peak, rss_kib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 METHODS = ("sft", "gift_logits", "gift_live", "gift_cached", "gift_topk")
 ADAPTERS = ("lora", "qlora")
 MODELS = {  # name -> TinyModelConfig overrides
@@ -89,16 +91,6 @@ def synthetic_rows(n: int, prompt_len: int, completion_len: int, seed: int) -> l
 
 
 # -- child: one (model, adapter, method) ------------------------------------------------------
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _reset_peak() -> str:
     import torch
 
@@ -106,11 +98,7 @@ def _reset_peak() -> str:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return "cuda max_memory_allocated"
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return "VmHWM after clear_refs"
-    except OSError:
-        return "ru_maxrss"
+    return "VmHWM after clear_refs" if reset_rss_peak() else "ru_maxrss"
 
 
 def _peak_mib(method: str, baseline: float) -> float:
@@ -121,7 +109,7 @@ def _peak_mib(method: str, baseline: float) -> float:
     if method.startswith("cuda"):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - baseline) / 2 ** 20
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if method == "ru_maxrss" else _rss_kib("VmHWM")
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if method == "ru_maxrss" else rss_kib("VmHWM")
     return ((kib or 0) * 1024 - baseline) / 2 ** 20
 
 
@@ -130,7 +118,7 @@ def _baseline(method: str) -> float:
 
     if method.startswith("cuda"):
         return float(torch.cuda.memory_allocated())
-    return float((_rss_kib("VmRSS") or 0) * 1024)
+    return float((rss_kib("VmRSS") or 0) * 1024)
 
 
 def run_one(model_name: str, adapter: str, method: str, args) -> dict:
