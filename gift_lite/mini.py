@@ -28,7 +28,7 @@ from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, to
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
-from gift_lite.results import RESULT_COLUMNS, write_csv
+from gift_lite.results import RESULT_COLUMNS, check_writable, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -138,6 +138,7 @@ def base_is_current(base_dir: Path, settings: MiniSettings) -> bool:
 def ensure_base(world: World, settings: MiniSettings, base_dir: Path, *, force: bool = False) -> dict:
     """Pretrain the base into ``base_dir`` unless a current one is there; returns ``pretrain.json``."""
     if force or not base_is_current(base_dir, settings):
+        check_writable(Path(base_dir).parent)
         pretrain_base(world, settings.model, settings.pretrain, out_dir=base_dir)
     return json.loads((Path(base_dir) / "pretrain.json").read_text())
 
@@ -325,6 +326,7 @@ def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path
     """
     if stage not in UNIT_RUNNERS:
         raise ValueError(f"stage={stage!r} is not one of {sorted(UNIT_RUNNERS)}")
+    check_writable(data_dir)
     runs = settings.init_runs() if stage == "init" else settings.rl_runs()
     todo = [(m, b, s) for m, b in runs for s in settings.seeds
             if not unit_path(data_dir, stage, unit_key(m, b, s)).exists()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,26 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_writable(folder: str | Path, *, min_free_mb: float = 50.0) -> Path:
+    """Fail before long work starts if ``folder`` cannot be written or its disk is nearly full.
+
+    Creates ``folder`` if needed, writes and removes a probe file, and checks the free space.
+    Raises ``ValueError`` naming the folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"output folder {str(folder)!r} is not writable: {err.strerror}") from None
+    free_mb = shutil.disk_usage(folder).free / 2 ** 20
+    if free_mb < min_free_mb:
+        raise ValueError(f"output folder {str(folder)!r} has {free_mb:.0f} MB free; need at least {min_free_mb:.0f} MB")
+    return folder
 
 
 def _umask() -> int:

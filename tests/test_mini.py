@@ -52,3 +52,43 @@ def test_rl_unit_writes_results_and_curve(smoke_base, tmp_path):
 def test_unknown_stage_is_refused(smoke_base, tmp_path):
     with pytest.raises(ValueError, match="stage"):
         mini.run_units("sft", SMOKE, smoke_base[1], tmp_path)
+
+
+KILL_SCRIPT = """
+import dataclasses, sys
+from pathlib import Path
+from gift_lite import mini
+from gift_lite.presets import PRESETS
+settings = dataclasses.replace(PRESETS["smoke"].mini, baselines=(), betas=(1.0, float("inf")),
+                               rl_methods=("rl_only",))
+mini.run_units(sys.argv[1], settings, Path(sys.argv[2]), Path(sys.argv[3]), progress=False)
+"""
+
+
+@pytest.mark.parametrize("stage,after", [("init", "first unit"), ("rl", "3 s")])
+def test_killed_run_resumes_to_the_same_numbers(stage, after, smoke_base, tmp_path):
+    """SIGKILL mid-run (during SFT units, during GRPO), run again: same numbers as one clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    world, base_dir = smoke_base
+    settings = dataclasses.replace(SMOKE, rl_methods=("rl_only",))
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, stage, str(base_dir), str(killed)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    start = time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < 120:
+        done = list((killed / "units" / stage).glob("*.csv"))
+        if (after == "first unit" and done) or (after == "3 s" and time.monotonic() - start > 3 + 8):
+            break  # (8 s: the child's imports)
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    mini.run_units(stage, settings, base_dir, killed, progress=False)
+    mini.run_units(stage, settings, base_dir, clean, progress=False)
+    frames = [mini.collect(d)[0].sort_values(["method", "beta", "metric"], ignore_index=True) for d in (killed, clean)]
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    assert not list(killed.rglob("*.tmp")), "a killed run left a temporary file behind"

@@ -82,3 +82,21 @@ def test_reproduce_rejects_unknown_notebook_numbers():
     with pytest.raises(ValueError, match="only"):
         reproduce.notebooks(["99"])
     assert reproduce.main(["reproduce", "--preset", "smoke", "--only", "99"]) == 1
+
+
+def test_unwritable_output_fails_before_work(tmp_path):
+    from gift_lite.results import check_writable
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        check_writable(tmp_path / "file" / "sub")  # a folder under a regular file cannot exist
+
+
+def test_nearly_full_disk_fails_before_work(tmp_path, monkeypatch):
+    import shutil
+
+    from gift_lite import results
+
+    monkeypatch.setattr(results.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100, 90, 10 * 2 ** 20))
+    with pytest.raises(ValueError, match="MB free"):
+        results.check_writable(tmp_path)
