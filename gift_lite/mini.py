@@ -28,16 +28,13 @@ from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, to
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
-from gift_lite.results import RESULT_COLUMNS, check_writable, write_csv
+from gift_lite.results import RESULT_COLUMNS, check_writable, write_csv, write_json
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
 
 INF = float("inf")
-# Methods that train an initialiser with GIFTTrainer; "base" is the untouched base model and
-# "rl_only" is GRPO straight from the base (FACTS.md §4).
-INIT_METHODS = ("sft", "gift", "sft_entropy", "dft", "asft", "psft")
 
 
 @dataclass(frozen=True)
@@ -113,6 +110,21 @@ def describe(settings: MiniSettings, *, preset: str) -> str:
 # -- keys and paths --------------------------------------------------------------------------------
 def unit_key(method: str, beta: float, seed: int) -> str:
     return f"{method}_beta{beta:g}_seed{seed}"
+
+
+def check_unit_settings(data_dir: Path, settings: MiniSettings) -> None:
+    """Record the settings behind ``data_dir``'s units, and refuse to mix units of other settings.
+
+    Units are cached by (method, β, seed) only, so reusing a folder after changing, say, the
+    epochs would silently mix two protocols. ``workers`` is left out: it does not change a number.
+    """
+    path = Path(data_dir) / "units" / "settings.json"
+    current = {k: v for k, v in settings.config_dict().items() if k != "workers"}
+    if not path.exists():
+        write_json(path, current)
+    elif json.loads(path.read_text()) != json.loads(json.dumps(current)):
+        raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
+                         f"({path.name}); use another folder or delete its units/ and adapters/")
 
 
 def unit_path(data_dir: Path, stage: str, key: str) -> Path:
@@ -194,6 +206,7 @@ def _geometry_rows(a, b, name: str) -> list[dict]:
 # -- units of work ------------------------------------------------------------------------------------
 def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path) -> pd.DataFrame:
     """Evaluate the untouched base once (stage ``base``); cached like every unit."""
+    check_unit_settings(data_dir, settings)
     path = unit_path(data_dir, "base", "base")
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
@@ -327,6 +340,7 @@ def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path
     if stage not in UNIT_RUNNERS:
         raise ValueError(f"stage={stage!r} is not one of {sorted(UNIT_RUNNERS)}")
     check_writable(data_dir)
+    check_unit_settings(data_dir, settings)
     runs = settings.init_runs() if stage == "init" else settings.rl_runs()
     todo = [(m, b, s) for m, b in runs for s in settings.seeds
             if not unit_path(data_dir, stage, unit_key(m, b, s)).exists()]

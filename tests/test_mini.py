@@ -92,3 +92,11 @@ def test_killed_run_resumes_to_the_same_numbers(stage, after, smoke_base, tmp_pa
     frames = [mini.collect(d)[0].sort_values(["method", "beta", "metric"], ignore_index=True) for d in (killed, clean)]
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert not list(killed.rglob("*.tmp")), "a killed run left a temporary file behind"
+
+
+def test_units_of_other_settings_are_refused(tmp_path):
+    mini.check_unit_settings(tmp_path, SMOKE)
+    mini.check_unit_settings(tmp_path, dataclasses.replace(SMOKE, workers=3))  # workers change no number
+    other = dataclasses.replace(SMOKE, init=dataclasses.replace(SMOKE.init, num_train_epochs=2))
+    with pytest.raises(ValueError, match="other settings"):
+        mini.check_unit_settings(tmp_path, other)
