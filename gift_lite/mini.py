@@ -28,7 +28,7 @@ from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, to
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
-from gift_lite.results import RESULT_COLUMNS, check_writable, write_csv, write_json
+from gift_lite.results import RESULT_COLUMNS, check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -188,15 +188,6 @@ def evaluate_policy(model, tokenizer, world: World, settings: EvalSettings, *, s
     return rows
 
 
-def _rows(method: str, beta: float, seed: int, stage: str, rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    frame.insert(0, "stage", stage)
-    frame.insert(0, "seed", seed)
-    frame.insert(0, "beta", beta)
-    frame.insert(0, "method", method)
-    return frame[list(RESULT_COLUMNS)]
-
-
 def _geometry_rows(a, b, name: str) -> list[dict]:
     geo = weight_geometry(a, b)
     return [{"split": "", "metric": f"{name}/cosine", "value": geo["cosine"]},
@@ -212,7 +203,7 @@ def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir
         return pd.read_csv(path, keep_default_na=False)
     model, tokenizer = load_policy(base_dir)
     rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=0, base_model=model)
-    frame = _rows("base", 0.0, 0, "base", rows)
+    frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
 
@@ -254,7 +245,7 @@ def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir
     rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=seed)
     rows += [{"split": "", "metric": k, "value": v} for k, v in stats.items()]
     rows += _geometry_rows(_base_state(model), model, "geometry/base_to_init")
-    frame = _rows(method, beta, seed, "init", rows)
+    frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
     return frame
 
@@ -296,7 +287,7 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
     curve.insert(0, "beta", beta)
     curve.insert(0, "method", method)
     write_csv(unit_path(data_dir, "rl_curves", key), curve)
-    frame = _rows(method, beta, seed, "rl", rows)
+    frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     return frame
 

@@ -21,6 +21,7 @@ import numpy as np
 from cycler import cycler
 
 from gift_lite.results import atomic_write
+from gift_lite.tables import METHOD_NAMES  # display names, one table for figures and tables
 
 METHOD_COLORS: dict[str, str] = {
     "sft": "#D55E00",          # vermillion
@@ -31,10 +32,6 @@ METHOD_COLORS: dict[str, str] = {
     "psft": "#56B4E9",         # sky blue
     "base": "#8C8C8C",         # grey
     "rl_only": "#000000",      # black
-}
-METHOD_LABELS: dict[str, str] = {
-    "sft": "SFT (β = ∞)", "gift": "GIFT", "sft_entropy": "SFT + entropy", "dft": "DFT",
-    "asft": "ASFT", "psft": "PSFT", "base": "base", "rl_only": "RL only",
 }
 # Reference curves that are not methods (a theoretical optimum, a target): drawn dotted.
 REFERENCE_COLOR = "#444444"
@@ -104,7 +101,7 @@ def method_label(method: str, beta: float | None = None) -> str:
     if method == "gift" and beta is not None:
         return f"GIFT (β = {beta:g})"
     return {"ideal": "Gibbs start π_base·exp(βR)", "optimum": "π* ∝ π_base·exp(ηR)"}.get(
-        method, METHOD_LABELS.get(method, method))
+        method, METHOD_NAMES.get(method, method))
 
 
 def beta_label(beta: float) -> str:

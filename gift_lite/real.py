@@ -45,7 +45,7 @@ from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_pa
 from gift_lite import models
 from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base, save_adapter
 from gift_lite.repro import repo_root, seed_everything
-from gift_lite.results import RESULT_COLUMNS, write_csv
+from gift_lite.results import long_rows, write_csv
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -398,13 +398,6 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _frame(method: str, beta: float, seed: int, stage: str, rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for name, value in (("stage", stage), ("seed", seed), ("beta", beta), ("method", method)):
-        frame.insert(0, name, value)
-    return frame[list(RESULT_COLUMNS)]
-
-
 def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
     """Evaluate the untouched base once (stage ``base``); cached like every unit."""
     path = unit_path(data_dir, "base", "base")
@@ -412,7 +405,7 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
         return pd.read_csv(path, keep_default_na=False)
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
     rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=0)
-    frame = _frame("base", 0.0, 0, "base", rows)
+    frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
 
@@ -442,7 +435,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
              {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
              {"split": "", "metric": "train/rows_too_long", "value": dropped}]
     rows += _perf_rows("init", stats, stats["tokens"])
-    frame = _frame(method, beta, seed, "init", rows)
+    frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
     return frame
 
@@ -482,7 +475,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     for name, value in (("seed", seed), ("beta", beta), ("method", method)):
         curve.insert(0, name, value)
     write_csv(unit_path(data_dir, "rl_curves", key), curve)
-    frame = _frame(method, beta, seed, "rl", rows)
+    frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     return frame
 

@@ -84,6 +84,14 @@ def write_run_json(path: str | Path, config: dict) -> Path:
     return write_json(path, run_info(config))
 
 
+def long_rows(rows: list[dict], *, method: str, beta: float, seed: int, stage: str) -> pd.DataFrame:
+    """``{split, metric, value}`` dicts of one run as rows of the long results table."""
+    frame = pd.DataFrame(rows)
+    for name, value in (("stage", stage), ("seed", seed), ("beta", beta), ("method", method)):
+        frame.insert(0, name, value)
+    return frame[list(RESULT_COLUMNS)]
+
+
 def check_results(frame: pd.DataFrame) -> pd.DataFrame:
     """Validate a long-format results table; raises ``ValueError`` naming the bad column/row."""
     missing = [c for c in RESULT_COLUMNS if c not in frame.columns]
