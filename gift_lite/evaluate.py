@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gift_lite.losses import gold_mass
 from gift_lite.rewards import countdown_reward
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
@@ -317,8 +318,6 @@ def suggest_beta(p_gold, *, level: float | None = None) -> float:
     chosen before any initialiser was trained. The mean mass rises monotonically in β, so a
     bisection on log β over [1e-3, 1e3] finds it.
     """
-    from gift_lite.losses import gold_mass
-
     p = torch.as_tensor(p_gold, dtype=torch.float64).clamp(1e-12, 1.0)
     if p.numel() == 0:
         raise ValueError("p_gold is empty")
