@@ -203,6 +203,22 @@ def is_local(source: str | Path) -> bool:
     return (text.endswith(LOCAL_SUFFIXES) or text.startswith((".", "/", "~")) or Path(text).exists())
 
 
+def check_source(source: str | Path, name: str = "source") -> None:
+    """Fail in seconds, naming ``name``, unless ``source`` is a registered dataset or an existing
+    local data file (``FileNotFoundError`` for a missing one, else ``ValueError``): run on every
+    source before the first download starts."""
+    key = str(source)
+    if key in BENCHMARKS:
+        return
+    if not is_local(key):
+        raise ValueError(f"{name}={key!r} is neither a known dataset {sorted(BENCHMARKS)} nor a local file "
+                         f"ending in {LOCAL_SUFFIXES}")
+    if not key.endswith(LOCAL_SUFFIXES):
+        raise ValueError(f"{name}={key!r}: a data file must end in one of {LOCAL_SUFFIXES}")
+    if not Path(key).expanduser().is_file():
+        raise FileNotFoundError(f"{name}={key!r}: no such data file")
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """All rows of a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file.
 
@@ -319,13 +335,11 @@ def _source_rows(source: str | Path, limit: int | None, offset: int) -> tuple[li
     if offset < 0:
         raise ValueError(f"offset={offset} must be >= 0")
     key = str(source)
+    check_source(key)
     if key in BENCHMARKS:
         return _hub_rows(BENCHMARKS[key], limit, offset), True
-    if is_local(key):
-        rows = read_rows(key)
-        return rows[offset:None if limit is None else offset + limit], False
-    raise ValueError(f"source={key!r} is neither a known dataset {sorted(BENCHMARKS)} nor a local file "
-                     f"ending in {LOCAL_SUFFIXES}")
+    rows = read_rows(key)
+    return rows[offset:None if limit is None else offset + limit], False
 
 
 def load_benchmark(source: str | Path, *, limit: int | None = None, offset: int = 0) -> list[Problem]:

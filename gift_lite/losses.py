@@ -20,6 +20,7 @@ step further and starts from hidden states, so not even the full logits exist.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -38,7 +39,7 @@ DEFAULT_CLIP_EPSILON = 0.28  # PSFT authors' run_psft.sh clip_ratio_high (the bo
 
 # -- argument checks -------------------------------------------------------------------------
 def _number(name: str, value) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):  # float("20") would pass a typo in a config file through
         raise ValueError(f"{name}={value!r} must be a number")
     try:
         return float(value)
@@ -563,4 +564,13 @@ LOSS_HPARAMS: dict[str, tuple[str, ...]] = {
     "dft": (),
     "asft": ("kl_coef",),
     "psft": ("clip_epsilon",),
+}
+
+# The check of each hyper-parameter; ``GIFTConfig`` runs them all when it is built, before any work.
+HPARAM_CHECKS: dict[str, Callable] = {
+    "beta": _check_beta,
+    "smooth_lambda": _check_lambda,
+    "entropy_coef": functools.partial(_check_coef, "entropy_coef"),
+    "kl_coef": functools.partial(_check_coef, "kl_coef"),
+    "clip_epsilon": functools.partial(_check_coef, "clip_epsilon", positive=True),
 }

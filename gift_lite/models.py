@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerFast,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # saved by a tokenizers-built tokenizer
@@ -71,6 +71,27 @@ def nf4_config(compute_dtype: torch.dtype | None = None) -> BitsAndBytesConfig:
                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def is_local_model(name_or_path: str | Path) -> bool:
+    """A path (starts like one, or exists) rather than a hub id; ``load_base`` never mixes them up."""
+    text = str(name_or_path)
+    return text.startswith((".", "/", "~")) or Path(text).exists()
+
+
+def check_model(name_or_path: str | Path, *, trust_remote_code: bool = False) -> None:
+    """Fail in seconds on a typo: a local folder needs a ``config.json``; a hub id must have a
+    config the hub (or its local cache) can give, which fetches one small file, not the weights."""
+    text = str(name_or_path)
+    if is_local_model(text):
+        if not (Path(text).expanduser() / "config.json").exists():
+            raise ValueError(f"model={text!r} is not a folder with a config.json")
+        return
+    try:
+        AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # not found, gated, offline without a cache, malformed id
+        raise ValueError(f"model={text!r} is neither a local folder nor a hub model whose config loads: "
+                         f"{str(err).splitlines()[0]}") from err
+
+
 def load_base(name_or_path: str | Path, *, four_bit: bool = False, dtype: torch.dtype | None = None,
               trust_remote_code: bool = False) -> torch.nn.Module:
     """Load a causal LM by hub name or local folder; ``four_bit`` loads it in NF4.
@@ -78,9 +99,9 @@ def load_base(name_or_path: str | Path, *, four_bit: bool = False, dtype: torch.
     A local path that does not exist fails at once rather than being mistaken for a hub name.
     """
     name_or_path = str(name_or_path)
-    looks_local = name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
-    if looks_local and not (Path(name_or_path).expanduser() / "config.json").exists():
-        raise ValueError(f"name_or_path={name_or_path!r} is not a folder with a config.json")
+    looks_local = is_local_model(name_or_path)
+    if looks_local:
+        check_model(name_or_path)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}

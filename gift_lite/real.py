@@ -26,7 +26,7 @@ import string
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +38,15 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 
-from gift_lite.data import Problem, load_benchmark, load_rl_prompts, load_sft, split_of
+from gift_lite.data import Problem, check_source, load_benchmark, load_rl_prompts, load_sft, split_of
 from gift_lite.evaluate import evaluate_task
-from gift_lite.losses import DEFAULT_BETA
+from gift_lite.losses import DEFAULT_BETA, LOSSES
 from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path  # noqa: F401 (collect: re-exported for notebook 06)
 from gift_lite import models
 from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base, save_adapter
+from gift_lite.params import FLAG, SEED, Param, check_parameters
 from gift_lite.repro import repo_root, seed_everything
-from gift_lite.results import long_rows, write_csv
+from gift_lite.results import long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -125,12 +126,27 @@ GPU_REAL = RealSettings()
 REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": SMOKE_REAL, "gpu": GPU_REAL}
 
 
+# Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
+PARAMETERS = {
+    "model": Param(str, optional=True), "four_bit": FLAG, "sft_data": Param(str, optional=True),
+    "n_sft": Param(int, ge=1, optional=True), "rl_data": Param(str, optional=True),
+    "n_rl": Param(int, ge=1, optional=True), "id_benchmarks": Param(str, optional=True),
+    "ood_benchmarks": Param(str, optional=True), "n_eval": Param(int, ge=1, optional=True),
+    "method": Param(str, choices=tuple(sorted(LOSSES))), "beta": Param(float, gt=0, allow_inf=True),
+    "init_max_steps": Param(int, ge=1, optional=True), "init_max_length": Param(int, ge=2, optional=True),
+    "rl_max_steps": Param(int, ge=1, optional=True), "rl_max_completion_length": Param(int, ge=1, optional=True),
+    "eval_max_new_tokens": Param(int, ge=1, optional=True), "seed": SEED}
+
+
 def configure(preset: str, **overrides) -> RealSettings:
     """``REAL_PRESETS[preset]`` with the notebook's flat parameters applied; ``None`` keeps the preset's.
 
-    Plain names set ``RealSettings`` fields; ``init_*``, ``rl_*`` and ``eval_*`` set the nested
-    settings (``init_max_steps`` -> ``init.max_steps``); benchmark lists are comma-separated strings.
+    Each name must be in ``PARAMETERS`` and its value of the kind and range given there (a
+    ``ValueError`` lists every bad one). ``init_*``, ``rl_*`` and ``eval_*`` set the nested
+    settings (``init_max_steps`` -> ``init.max_steps``); benchmark lists are comma-separated
+    strings; ``seed`` sets ``seeds=(seed,)``.
     """
+    check_parameters(PARAMETERS, **overrides)
     settings = REAL_PRESETS[preset]
     nested = {"init": {}, "rl": {}, "eval": {}}
     top = {}
@@ -138,13 +154,14 @@ def configure(preset: str, **overrides) -> RealSettings:
         if value is None:
             continue
         prefix, _, rest = name.partition("_")
-        if prefix in nested and rest in {f.name for f in fields(getattr(settings, prefix))}:
+        if prefix in nested:
             nested[prefix][rest] = value
-        elif name in {f.name for f in fields(settings)}:
-            top[name] = tuple(s.strip() for s in value.split(",") if s.strip()) if name.endswith("benchmarks") \
-                else value
+        elif name == "seed":
+            top["seeds"] = (value,)
+        elif name.endswith("benchmarks"):
+            top[name] = tuple(s.strip() for s in value.split(",") if s.strip())
         else:
-            raise ValueError(f"{name}={value!r} is not a setting of RealSettings (or init_/rl_/eval_ ones)")
+            top[name] = float(value) if name == "beta" else value
     for prefix, changes in nested.items():
         if changes:
             top[prefix] = replace(getattr(settings, prefix), **changes)
@@ -253,8 +270,22 @@ class RealData:
     benchmarks: list[tuple[str, str, list[Problem]]]  # (name, split, problems)
 
 
+def check_sources(settings: RealSettings) -> None:
+    """Every data source and the model exist, checked in seconds before anything is downloaded."""
+    sources = [("sft_data", settings.sft_data), ("rl_data", settings.rl_data)]
+    sources += [(field, name) for field in ("id_benchmarks", "ood_benchmarks") for name in getattr(settings, field)]
+    for field, source in sources:
+        check_source(resolve_source(source), field)
+    if settings.model != TINY_MODEL:
+        models.check_model(settings.model)
+
+
 def load_data(settings: RealSettings) -> RealData:
-    """SFT rows, RL prompts and benchmarks, each validated before any training starts."""
+    """SFT rows, RL prompts and benchmarks, each validated before any training starts.
+
+    ``check_sources`` runs first, so a typo in the last benchmark fails before the first download.
+    """
+    check_sources(settings)
     sft, skipped = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
     offset = settings.rl_offset
     if offset is None:
@@ -277,9 +308,11 @@ def filter_by_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list
     """Rows whose prompt + completion + EOS fit in ``max_length`` tokens, and how many were dropped.
 
     Dropping, not truncating: a truncated R1 solution loses its boxed answer and teaches the
-    model to stop mid-thought.
+    model to stop mid-thought. Raises ``ValueError`` when no row fits.
     """
     kept = [r for r in rows if len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 <= max_length]
+    if rows and not kept:
+        raise ValueError(f"every one of the {len(rows)} SFT rows is longer than max_length={max_length} tokens")
     return kept, len(rows) - len(kept)
 
 
@@ -361,7 +394,9 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
                       **config_overrides) -> dict:
     """Train one LoRA/QLoRA initialiser with ``GIFTTrainer`` and save the adapter to ``out_dir``.
 
-    Returns ``train/loss``, ``train/rows`` and the ``perf`` stats (wall time, tokens seen, peak GPU
+    Returns ``train/loss``, ``train/rows``, ``train/rows_at_max_length`` (rows TRL cut to
+    ``max_length`` or found exactly that long: 0 after ``filter_by_length`` unless TRL tokenises
+    prompt and completion differently) and the ``perf`` stats (wall time, tokens seen, peak GPU
     memory). This is the entry ``python -m gift_lite.real init`` runs, on one device or under
     ``accelerate launch``.
     """
@@ -379,7 +414,9 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
             result = trainer.train()
         tokens = float(trainer.state.num_input_tokens_seen)
         _save_trained_adapter(trainer, Path(out_dir))
-    return {"train/loss": result.training_loss, "train/rows": len(sft_rows), "tokens": tokens, **stats}
+    at_limit = trainer.length_report.get("at_max_length", 0) + trainer.length_report.get("dropped", 0)
+    return {"train/loss": result.training_loss, "train/rows": len(sft_rows), "train/rows_at_max_length": at_limit,
+            "tokens": tokens, **stats}
 
 
 def _save_trained_adapter(trainer, out_dir: Path) -> None:
@@ -426,14 +463,13 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     adapter = adapter_dir(data_dir, "init", key)
     tokenizer = load_tokenizer(model_path)
     rows_in, dropped = filter_by_length(data.sft, tokenizer, settings.init.max_length)
-    if not rows_in:
-        raise ValueError(f"every SFT row is longer than max_length={settings.init.max_length} tokens")
     stats = train_initialiser(settings, model_path, rows_in, seed, adapter)
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter)
     rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=seed)
     rows += [{"split": "", "metric": "train/loss", "value": stats["train/loss"]},
              {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
-             {"split": "", "metric": "train/rows_too_long", "value": dropped}]
+             {"split": "", "metric": "train/rows_too_long", "value": dropped},
+             {"split": "", "metric": "train/rows_at_max_length", "value": stats["train/rows_at_max_length"]}]
     rows += _perf_rows("init", stats, stats["tokens"])
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
@@ -517,13 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of `accelerate launch`'s
     with state.main_process_first():  # rank 0 builds the tiny stand-in (or fills the hub cache) first
         model_path = resolve_model(settings, args.out)
-        rows, _ = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
-    rows, _ = filter_by_length(rows, load_tokenizer(model_path), settings.init.max_length)
+        rows, skipped = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
+    rows, too_long = filter_by_length(rows, load_tokenizer(model_path), settings.init.max_length)
     stats = train_initialiser(settings, model_path, rows, args.seed, args.out / "adapter")
-    stats["processes"] = state.num_processes
+    stats.update({"processes": state.num_processes, "train/rows_empty": skipped, "train/rows_too_long": too_long})
     if state.is_main_process:
         stats = {k: (v if math.isfinite(v) else None) for k, v in stats.items()}
-        (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        write_json(args.out / "stats.json", stats)
         print(json.dumps(stats))
     return 0
 

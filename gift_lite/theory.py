@@ -23,6 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from gift_lite.params import FLAG, SEED, Param
+
+# What notebook 01's parameters accept (checked by ``params.check_parameters`` in its config cell).
+NOTEBOOK_PARAMETERS = {
+    "seed": SEED, "vocab_size": Param(int, ge=2), "p_gold": Param(float, gt=0, lt=1),
+    "beta_grid_max": Param(float, gt=1), "n_beta": Param(int, ge=2), "beta": Param(float, gt=0),
+    "rl_lambda": Param(float, gt=0), "pass_k": Param(int, ge=1), "pg_steps": Param(int, ge=1),
+    "pg_learning_rate": Param(float, gt=0), "interactive": FLAG}
+
 # ---------------------------------------------------------------------------------------------
 # Distributions
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ import functools
 import math
 import time
 import types
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -57,7 +58,7 @@ from trl import SFTConfig, SFTTrainer
 
 from gift_lite import refcache
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
-                              DEFAULT_KL_COEF, LOSS_HPARAMS, LOSSES, fused_gift_loss)
+                              DEFAULT_KL_COEF, HPARAM_CHECKS, LOSS_HPARAMS, LOSSES, fused_gift_loss)
 from gift_lite.models import cuda_bf16
 
 FUSED_LOSSES = ("sft", "gift")  # computed from hidden states when the model allows (sft: beta = inf)
@@ -94,6 +95,8 @@ class GIFTConfig(SFTConfig):
     def __post_init__(self):
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type={self.loss_type!r} is not one of {sorted(LOSSES)}")
+        for name, check in HPARAM_CHECKS.items():  # every loss's, so a bad value fails here, not at step 1
+            check(getattr(self, name))
         if not (isinstance(self.metrics_max_tokens, int) and self.metrics_max_tokens >= 0):
             raise ValueError(f"metrics_max_tokens={self.metrics_max_tokens!r} must be an int >= 0")
         if self.reference_cache is not None:
@@ -121,12 +124,41 @@ class GIFTConfig(SFTConfig):
         return {name: getattr(self, name) for name in LOSS_HPARAMS[self.loss_type]}
 
 
+class TruncationWarning(Warning):
+    """Training rows were cut to ``max_length`` or dropped (not a ``UserWarning``, which notebooks filter)."""
+
+
+def length_report(raw, prepared, args) -> dict[str, int]:
+    """What TRL's preparation did to long rows: ``rows`` in, ``at_max_length``, ``dropped``.
+
+    ``at_max_length`` counts prepared rows of exactly ``max_length`` tokens: the ones TRL cut,
+    plus any that were that long to begin with. ``dropped`` counts rows left with no response
+    token after the cut. Warns (``TruncationWarning``) when either is non-zero. Empty when TRL
+    does not truncate (no ``max_length``, packing) or a dataset is not a map-style ``Dataset``.
+    """
+    from datasets import Dataset
+
+    limit = args.max_length
+    if limit is None or args.packing or not isinstance(raw, Dataset) or not isinstance(prepared, Dataset):
+        return {}
+    at_limit = sum(len(ids) >= limit for batch in prepared.select_columns(["input_ids"]).iter(batch_size=1024)
+                   for ids in batch["input_ids"])
+    report = {"rows": len(raw), "at_max_length": at_limit, "dropped": len(raw) - len(prepared)}
+    if at_limit or report["dropped"]:
+        warnings.warn(f"{at_limit} of {len(raw)} training rows reached max_length={limit} tokens (longer ones "
+                      f"were cut to it) and {report['dropped']} were dropped with no response token left; "
+                      "raise max_length or filter the data first", TruncationWarning, stacklevel=3)
+    return report
+
+
 class GIFTTrainer(SFTTrainer):
     """``SFTTrainer`` that overrides ``compute_loss`` with ``LOSSES[args.loss_type]``.
 
     Also touched, for the fused path and the reference cache (module docstring): the model's
     ``forward`` is wrapped once in ``__init__`` (``gift_hidden_states=True``), the training set
     gains an index column, and ``_set_signature_columns_if_needed`` keeps that column.
+    ``__init__`` also counts the rows TRL's preparation cut to ``max_length`` or dropped
+    (``length_report``) and warns about them with a ``TruncationWarning``: TRL does it silently.
     """
 
     # Our losses are means over the micro-batch's response tokens (as in the official code), so
@@ -142,6 +174,7 @@ class GIFTTrainer(SFTTrainer):
             super().__init__(model=model, args=args, **kwargs)
         finally:
             args.loss_type = loss_type
+        self.length_report = length_report(kwargs.get("train_dataset"), self.train_dataset, args)
         self.loss_fn = LOSSES[loss_type]
         self.anchor = ANCHOR[loss_type]
         causal_lm = _causal_lm(self.model)

@@ -1,16 +1,19 @@
 """Data loaders on local files (no hub), their validation errors, and the memory estimate."""
 
 import json
+import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
-from gift_lite import data
+from gift_lite import data, models
 from gift_lite.data import (BENCHMARKS, MATH_INSTRUCTION, Problem, choice_prompt, load_benchmark, load_rl_prompts,
                             load_sft, math_prompt, read_rows, split_of)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2, trainable_parameters
 from gift_lite.memory import QWEN25_SHAPES, ModelShape, estimate_memory_gb, memory_table
-from gift_lite.real import GPU_REAL, SMOKE_REAL, filter_by_length, run_name, score
+from gift_lite.real import GPU_REAL, SMOKE_REAL, check_sources, filter_by_length, load_data, run_name, score
+from gift_lite.real import main as real_main
 from gift_lite.repro import repo_root
 
 MATH_ROWS = [{"id": "a", "problem": "What is 1 + 1?", "answer": "2", "choices": None},
@@ -172,6 +175,18 @@ def test_filter_by_length_drops_long_rows(tokenizer):
     rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "1+1=", "completion": "2" * 50}]
     kept, dropped = filter_by_length(rows, tokenizer, max_length=16)
     assert kept == rows[:1] and dropped == 1
+    with pytest.raises(ValueError, match="every one of the 2 SFT rows is longer than max_length=4"):
+        filter_by_length(rows, tokenizer, max_length=4)
+
+
+def test_init_command_reports_the_rows_it_dropped(tmp_path):
+    """``python -m gift_lite.real init`` on the CPU stand-in: an adapter, and stats naming every row
+    that did not train (empty completion, longer than max_length, cut by TRL)."""
+    assert real_main(["init", "--preset", "smoke", "--max-steps", "1", "--out", str(tmp_path)]) == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert stats["processes"] == 1 and stats["train/rows"] >= 1 and math.isfinite(stats["train/loss"])
+    assert {stats[k] for k in ("train/rows_empty", "train/rows_too_long", "train/rows_at_max_length")} == {0}
 
 
 # -- the memory estimate -------------------------------------------------------------------------
@@ -206,3 +221,30 @@ def test_memory_table_lists_every_model_and_stage():
 
 def test_run_names():
     assert run_name(GPU_REAL) == "real_qwen2.5-0.5b" and run_name(SMOKE_REAL) == "real_tiny-local"
+
+
+def test_every_source_and_the_model_are_checked_before_any_download(tmp_path, monkeypatch):
+    """A typo in the last benchmark, or in the model, fails before the first (hub) source loads."""
+    def no_download(*args, **kwargs):
+        raise AssertionError("a source was loaded before all were checked")
+
+    monkeypatch.setattr(data, "_hub_rows", no_download)
+    hub_first = replace(SMOKE_REAL, sft_data="deepmath", ood_benchmarks=("gpqa", "arc_challnge"))
+    with pytest.raises(ValueError, match=r"ood_benchmarks='arc_challnge' is neither a known dataset"):
+        load_data(hub_first)
+    with pytest.raises(FileNotFoundError, match=r"id_benchmarks='.*data/samples/math_evl.jsonl': no such data file"):
+        load_data(replace(hub_first, id_benchmarks=("data/samples/math_evl.jsonl",)))
+    with pytest.raises(ValueError, match=r"rl_data='./notes.txt': a data file must end in"):
+        check_sources(replace(SMOKE_REAL, rl_data="./notes.txt"))
+    with pytest.raises(ValueError, match=r"model='./no_model' is not a folder with a config.json"):
+        check_sources(replace(SMOKE_REAL, model="./no_model"))
+    check_sources(SMOKE_REAL)  # the shipped samples and the stand-in pass
+
+
+def test_a_hub_model_that_cannot_be_found_fails_naming_it(monkeypatch):
+    def not_found(name, **kwargs):
+        raise OSError(f"{name} is not a local folder and is not a valid model identifier\nmore")
+
+    monkeypatch.setattr(models.AutoConfig, "from_pretrained", not_found)
+    with pytest.raises(ValueError, match=r"model='Qwen/Qwen2.5-0.5' is neither a local folder nor a hub model"):
+        models.check_model("Qwen/Qwen2.5-0.5")

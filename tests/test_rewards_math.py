@@ -102,6 +102,24 @@ def test_binary_junk_and_wrong_types_are_zero():
     assert choice_reward(None, "A") == 0.0 and choice_reward("\\boxed{A}", 3) == 0.0
 
 
+ADVERSARIAL = [
+    "\\boxed{" + "{" * 5000 + "1" + "}" * 5000 + "}",  # deeply nested, balanced
+    "\\boxed{" + "\\frac{" * 300 + "1" + "}{2}" * 300 + "}",  # nested fractions
+    "\\boxed{" + "\\sqrt{" * 300 + "2" + "}" * 300 + "}",
+    "\\boxed{\\left(" * 200 + "1",  # unbalanced, never closed
+    "\\boxed{\\begin{pmatrix}" + "1&" * 3000 + "\\end{pmatrix}}",
+    "\\boxed{" + "}" * 1000,
+    "\\boxed{\\input{/etc/passwd}} \\boxed{\\def\\x{\\x}\\x}",  # TeX commands are never run
+]
+
+
+@pytest.mark.parametrize("completion", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
+def test_adversarial_latex_scores_zero_within_the_limit(completion):
+    start = time.monotonic()
+    assert math_reward(completion, "12") == 0.0
+    assert time.monotonic() - start < 12.0  # the per-call limit (5 s) plus a worker restart
+
+
 def test_expensive_answer_is_cut_off_by_the_time_limit():
     start = time.monotonic()  # sympy would work on this for minutes without a limit
     assert math_reward("\\boxed{9^{9^{9^{9}}}}", "12", timeout_s=0.5) == 0.0

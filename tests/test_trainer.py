@@ -1,6 +1,7 @@
 """GIFTTrainer trains a tiny local Qwen2 with every loss, LoRA and QLoRA, on CPU in seconds."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from datasets import Dataset
 
 from gift_lite.losses import LOSSES
 from gift_lite.models import LoraSettings, load_lora, load_qlora
-from gift_lite.trainer import GIFTConfig, GIFTTrainer, fused_head
+from gift_lite.trainer import GIFTConfig, GIFTTrainer, TruncationWarning, fused_head
 from transformers import AutoModelForCausalLM
 
 
@@ -102,9 +103,12 @@ def test_training_is_deterministic(tiny_model_dir, tokenizer, sft_rows, tmp_path
         assert torch.equal(states[0][n], states[1][n]), n
 
 
-@pytest.mark.parametrize("field,value", [("loss_type", "ppo"), ("loss_type", "nll")])
-def test_config_rejects_unknown_loss(field, value, tmp_path):
-    with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize("field,value", [("loss_type", "ppo"), ("loss_type", "nll"), ("beta", -1.0),
+                                         ("beta", math.nan), ("beta", "20"), ("smooth_lambda", 1.0),
+                                         ("smooth_lambda", -0.5), ("entropy_coef", math.inf), ("kl_coef", -1.0),
+                                         ("clip_epsilon", 0.0)])
+def test_config_rejects_bad_loss_settings_before_any_work(field, value, tmp_path):
+    with pytest.raises(ValueError, match=f"{field}="):
         make_config(tmp_path, **{field: value})
 
 
@@ -165,3 +169,24 @@ def test_full_finetune_anchor_is_the_frozen_base_not_the_student(tiny_model_dir,
     ref_hidden, head = trainer._reference_hidden(trainer.model, ids)  # the fused path's reference
     torch.testing.assert_close(head(ref_hidden), want)
     assert not torch.allclose(model(**ids).logits[:, :-1], want)  # the student did move
+
+
+def test_rows_cut_or_dropped_by_max_length_are_counted_and_warned(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    """TRL truncates silently; GIFTTrainer reports it. Each row here is 24 tokens with EOS; the
+    last one's prompt alone exceeds 12 tokens, so the cut leaves it no response token."""
+    rows = sft_rows + [{"prompt": "9 9 9>81:" * 3, "completion": "9*9=81"}]
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    with pytest.warns(TruncationWarning, match="4 of 5 training rows reached max_length=12 .* 1 were dropped"):
+        trainer = GIFTTrainer(model=model, args=make_config(tmp_path, max_length=12),
+                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    assert trainer.length_report == {"rows": 5, "at_max_length": 4, "dropped": 1}
+    assert len(trainer.train_dataset) == 4
+
+
+def test_rows_within_max_length_give_a_clean_report(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)
+        trainer = GIFTTrainer(model=model, args=make_config(tmp_path, max_length=64),
+                              train_dataset=Dataset.from_list(sft_rows), processing_class=tokenizer)
+    assert trainer.length_report == {"rows": 4, "at_max_length": 0, "dropped": 0}

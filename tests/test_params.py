@@ -1,0 +1,85 @@
+"""Notebook parameters: a wrong type or value fails in the config cell, naming the valid values."""
+
+import math
+
+import nbformat
+import papermill as pm
+import pytest
+
+from gift_lite import real, theory
+from gift_lite.params import FLAG, SEED, Param, check_parameters
+from gift_lite.repro import repo_root
+
+
+@pytest.mark.parametrize("param, good, bad", [
+    (Param(int, ge=1), [1, 7, 10 ** 12], [0, -3, 1.0, 1.5, "3", True, None]),
+    (Param(float, gt=0, lt=1), [0.5, 1e-9], [0, 1, 1.5, -0.1, math.nan, math.inf, "0.5", False]),
+    (Param(float, gt=0, allow_inf=True), [20, 0.1, math.inf], [0, -1, math.nan, -math.inf, "inf"]),
+    (Param(str, choices=("gift", "sft")), ["gift", "sft"], ["GIFT", "dpo", 1, None]),
+    (Param(str, optional=True), ["Qwen/Qwen2.5-0.5B", None], [3, b"x", ["a"]]),
+    (FLAG, [True, False], [0, 1, "True", None]),
+    (SEED, [0, 3], [-1, 0.0, "0"]),
+])
+def test_param_accepts_its_kind_and_range_only(param, good, bad):
+    assert all(param.accepts(v) for v in good), good
+    assert not any(param.accepts(v) for v in bad), [v for v in bad if param.accepts(v)]
+
+
+def test_error_names_every_bad_parameter_and_its_valid_values():
+    spec = {"n": Param(int, ge=2), "p": Param(float, gt=0, lt=1), "flag": FLAG, "m": Param(str, choices=("a", "b"))}
+    check_parameters(spec, n=2, p=0.5, flag=True, m="a")  # all good: no error
+    with pytest.raises(ValueError) as err:
+        check_parameters(spec, n=1.5, p=2, flag="yes", m="c")
+    message = str(err.value)
+    for text in ("n=1.5 must be an int >= 2", "p=2 must be a float > 0 and < 1", "flag='yes' must be True or False",
+                 "m='c' must be one of ['a', 'b']"):
+        assert text in message, message
+    with pytest.raises(ValueError, match=r"\['typo'\] are not among the known ones"):
+        check_parameters(spec, typo=1)
+
+
+def test_theory_defaults_pass_their_own_check():
+    """The parameter cell's defaults (read from notebook 01) satisfy its spec."""
+    check_parameters(theory.NOTEBOOK_PARAMETERS, seed=0, vocab_size=12, p_gold=0.05, beta_grid_max=30.0, n_beta=60,
+                     beta=1.0, rl_lambda=2.0, pass_k=8, pg_steps=400, pg_learning_rate=2.0, interactive=True)
+
+
+def test_configure_checks_types_and_applies_values():
+    settings = real.configure("smoke", n_sft=3, beta=5, init_max_length=256, id_benchmarks="a.jsonl, b.jsonl",
+                              seed=4, model=None)
+    assert settings.n_sft == 3 and settings.beta == 5.0 and isinstance(settings.beta, float)
+    assert settings.init.max_length == 256 and settings.id_benchmarks == ("a.jsonl", "b.jsonl")
+    assert settings.seeds == (4,) and settings.model == real.SMOKE_REAL.model
+    with pytest.raises(ValueError, match=r"n_sft='100' must be an int >= 1, or None"):
+        real.configure("smoke", n_sft="100")
+    with pytest.raises(ValueError, match=r"method='gfit' must be one of \['asft', 'dft', 'gift'"):
+        real.configure("smoke", method="gfit")
+    with pytest.raises(ValueError, match=r"beta=-1.0 must be a float > 0"):
+        real.configure("smoke", beta=-1.0)
+    with pytest.raises(ValueError, match=r"init_learning_rate.* not among the known ones"):
+        real.configure("smoke", init_learning_rate=1e-3)
+
+
+# One bad value per notebook, run headlessly as a user would (papermill). Each fails in the cell
+# that builds the config, before any work; a kernel start and the imports take a few seconds.
+BAD = {
+    "01_zero_vs_finite_temperature": ({"p_gold": 5}, "p_gold=5 must be a float > 0 and < 1"),
+    "02_miniature_world": ({"force_pretrain": "yes"}, "force_pretrain='yes' must be True or False"),
+    "03_initialisers": ({"preset": "tiny"}, "preset='tiny' is not one of ['gpu', 'mini', 'smoke']"),
+    "06_real_model_qlora": ({"n_sft": 0.5}, "n_sft=0.5 must be an int >= 1, or None"),
+    "07_paper_tables": ({"include_stand_in": 1}, "include_stand_in=1 must be True or False, or None"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_notebook_stops_at_its_config_cell_on_a_bad_parameter(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("GIFT_PRESET", "smoke")
+    params, message = BAD[name]
+    source = repo_root() / "notebooks" / f"{name}.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
+                            cwd=str(source.parent), progress_bar=False, log_output=False)
+    assert err.value.ename == "ValueError" and message in err.value.evalue, err.value.evalue
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    failed = [c for c in executed.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert len(failed) == 1 and "resolve_preset(preset)" in failed[0].source  # the config cell, after the imports
