@@ -112,19 +112,21 @@ def unit_key(method: str, beta: float, seed: int) -> str:
     return f"{method}_beta{beta:g}_seed{seed}"
 
 
-def check_unit_settings(data_dir: Path, settings: MiniSettings) -> None:
+def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("workers",)) -> None:
     """Record the settings behind ``data_dir``'s units, and refuse to mix units of other settings.
 
     Units are cached by (method, β, seed) only, so reusing a folder after changing, say, the
-    epochs would silently mix two protocols. ``workers`` is left out: it does not change a number.
+    epochs would silently mix two protocols. ``settings`` is ``MiniSettings`` or ``RealSettings``;
+    the fields in ``ignore`` are left out: ``workers`` changes no number, and real runs put units
+    of several methods, β and seeds in one folder.
     """
     path = Path(data_dir) / "units" / "settings.json"
-    current = {k: v for k, v in settings.config_dict().items() if k != "workers"}
+    current = {k: v for k, v in settings.config_dict().items() if k not in ignore}
     if not path.exists():
         write_json(path, current)
     elif json.loads(path.read_text()) != json.loads(json.dumps(current)):
         raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
-                         f"({path.name}); use another folder or delete its units/ and adapters/")
+                         f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
 
 
 def unit_path(data_dir: Path, stage: str, key: str) -> Path:

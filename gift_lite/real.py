@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import string
 import tempfile
@@ -41,18 +42,22 @@ from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, 
 from gift_lite.data import Problem, check_source, load_benchmark, load_rl_prompts, load_sft, split_of
 from gift_lite.evaluate import evaluate_task
 from gift_lite.losses import DEFAULT_BETA, LOSSES
-from gift_lite.mini import EvalSettings, adapter_dir, collect, unit_key, unit_path  # noqa: F401 (collect: re-exported for notebook 06)
+from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 06)
+                            unit_key, unit_path)
 from gift_lite import models
 from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base, save_adapter
 from gift_lite.params import FLAG, SEED, Param, check_parameters
 from gift_lite.repro import repo_root, seed_everything
-from gift_lite.results import long_rows, write_csv, write_json
+from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.world import set_special_tokens
 
 INF = float("inf")
+# Fields that may differ between the units of one run folder: the unit key, and checkpointing.
+PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps")
+MIN_FREE_MB = 1024  # ours: free disk a run's folder needs (adapters; checkpoints with optimizer states)
 TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
 SAMPLES = "data/samples"
 
@@ -102,6 +107,7 @@ class RealSettings:
     rl: GRPOSettings = GRPOSettings(per_device_train_batch_size=8, max_completion_length=512, max_steps=50,
                                     learning_rate=1e-5)  # group 8, T 1.0, clip 0.2, no KL (paper); the rest ours
     rl_gradient_accumulation_steps: int = 4  # ours: 32 completions (4 prompts x 8) per step (paper: 128 x 8)
+    save_steps: int = 25  # ours: a Trainer checkpoint every this many optimizer steps; a killed unit resumes there
     seeds: tuple[int, ...] = (0,)
 
     def config_dict(self) -> dict:
@@ -118,7 +124,7 @@ SMOKE_REAL = RealSettings(
     eval=EvalSettings(num_samples=2, ks=(1, 2), temperature=0.6, max_new_tokens=24, batch_size=64),
     rl=GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=24, max_steps=2,
                     learning_rate=1e-3),
-    rl_gradient_accumulation_steps=1)
+    rl_gradient_accumulation_steps=1, save_steps=2)
 
 GPU_REAL = RealSettings()
 
@@ -354,6 +360,73 @@ def _perf_rows(prefix: str, stats: dict, tokens: float) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Checkpoints: a killed unit resumes at its last Trainer checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def checkpoint_dir(data_dir: Path, stage: str, key: str) -> Path:
+    """``<data_dir>/checkpoints/<stage>/<key>``: the unit's Trainer checkpoints, deleted once it finishes."""
+    return Path(data_dir) / "checkpoints" / stage / key
+
+
+def last_checkpoint(folder: Path | None) -> str | None:
+    """The newest complete ``checkpoint-<step>`` in ``folder``, or None (start from scratch).
+
+    Trainer writes ``trainer_state.json`` last, and not atomically: a checkpoint whose state does
+    not parse was cut short by a kill, and is deleted.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return None
+    complete = []
+    for path in Path(folder).iterdir():
+        if not re.fullmatch(r"checkpoint-\d+", path.name):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
+
+
+@contextmanager
+def output_folder(checkpoints: Path | None):
+    """The Trainer's ``output_dir``: the checkpoint folder, or a temporary one when not checkpointing."""
+    if checkpoints is not None:
+        Path(checkpoints).mkdir(parents=True, exist_ok=True)
+        yield str(checkpoints)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        yield scratch
+
+
+def saving(settings: RealSettings, checkpoints: Path | None) -> dict:
+    """Trainer arguments: a full checkpoint (adapter, optimizer, scheduler, RNG) every ``save_steps``."""
+    if checkpoints is None:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": settings.save_steps, "save_total_limit": 1}
+
+
+def mean_logged_loss(trainer) -> float:
+    """The mean training loss over every optimizer step, resumed or not (``logging_steps=1``).
+
+    ``train()``'s own ``training_loss`` averages only the steps run since the last restart.
+    """
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    total = 0.0
+    for loss in losses:  # summed in step order, as Trainer sums them
+        total += loss
+    return total / max(len(losses), 1)
+
+
+def tokens_since(trainer, key: str, resume: str | None) -> float:
+    """Tokens this process trained on: the log's running count ``key`` less its value at ``resume``."""
+    counts = [(log["step"], log[key]) for log in trainer.state.log_history if key in log]
+    start = int(Path(resume).name.split("-")[-1]) if resume else 0
+    before = max([c for step, c in counts if step <= start] + [0.0])
+    return max([c for _, c in counts] + [0.0]) - before
+
+
+# ---------------------------------------------------------------------------------------------
 # The stages
 # ---------------------------------------------------------------------------------------------
 
@@ -391,13 +464,15 @@ def init_config(settings: RealSettings, output_dir: str, seed: int, **overrides)
 
 
 def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[dict], seed: int, out_dir: Path,
-                      **config_overrides) -> dict:
+                      *, checkpoints: Path | None = None, **config_overrides) -> dict:
     """Train one LoRA/QLoRA initialiser with ``GIFTTrainer`` and save the adapter to ``out_dir``.
 
     Returns ``train/loss``, ``train/rows``, ``train/rows_at_max_length`` (rows TRL cut to
     ``max_length`` or found exactly that long: 0 after ``filter_by_length`` unless TRL tokenises
     prompt and completion differently) and the ``perf`` stats (wall time, tokens seen, peak GPU
-    memory). This is the entry ``python -m gift_lite.real init`` runs, on one device or under
+    memory; a resumed run's cover the part after the restart). With ``checkpoints``, a Trainer
+    checkpoint goes there every ``settings.save_steps`` steps and a rerun resumes from the last
+    one. This is the entry ``python -m gift_lite.real init`` runs, on one device or under
     ``accelerate launch``.
     """
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
@@ -405,18 +480,19 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
     model = add_lora(model, settings.init.lora)
     if settings.init.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed LoRA on a frozen (NF4) base needs input grads
-    with tempfile.TemporaryDirectory() as scratch:
-        config = init_config(settings, scratch, seed, **config_overrides)
+    with output_folder(checkpoints) as output_dir:
+        resume = last_checkpoint(checkpoints)
+        config = init_config(settings, output_dir, seed, **saving(settings, checkpoints), **config_overrides)
         trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows),
                               processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
         with measure() as stats:
-            result = trainer.train()
-        tokens = float(trainer.state.num_input_tokens_seen)
+            trainer.train(resume_from_checkpoint=resume)
+        tokens = tokens_since(trainer, "num_input_tokens_seen", resume)
         _save_trained_adapter(trainer, Path(out_dir))
     at_limit = trainer.length_report.get("at_max_length", 0) + trainer.length_report.get("dropped", 0)
-    return {"train/loss": result.training_loss, "train/rows": len(sft_rows), "train/rows_at_max_length": at_limit,
-            "tokens": tokens, **stats}
+    return {"train/loss": mean_logged_loss(trainer), "train/rows": len(sft_rows),
+            "train/rows_at_max_length": at_limit, "tokens": tokens, **stats}
 
 
 def _save_trained_adapter(trainer, out_dir: Path) -> None:
@@ -437,6 +513,7 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
 
 def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
     """Evaluate the untouched base once (stage ``base``); cached like every unit."""
+    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
     path = unit_path(data_dir, "base", "base")
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
@@ -456,6 +533,7 @@ def _key(settings: RealSettings, seed: int, method: str | None = None) -> tuple[
 def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path,
                   seed: int) -> pd.DataFrame:
     """Train (or reuse) the initialiser for ``settings.method`` and evaluate it (stage ``init``)."""
+    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
     method, beta, key = _key(settings, seed)
     path = unit_path(data_dir, "init", key)
     if path.exists():
@@ -463,7 +541,8 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     adapter = adapter_dir(data_dir, "init", key)
     tokenizer = load_tokenizer(model_path)
     rows_in, dropped = filter_by_length(data.sft, tokenizer, settings.init.max_length)
-    stats = train_initialiser(settings, model_path, rows_in, seed, adapter)
+    stats = train_initialiser(settings, model_path, rows_in, seed, adapter,
+                              checkpoints=checkpoint_dir(data_dir, "init", key))
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter)
     rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=seed)
     rows += [{"split": "", "metric": "train/loss", "value": stats["train/loss"]},
@@ -473,6 +552,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     rows += _perf_rows("init", stats, stats["tokens"])
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
+    shutil.rmtree(checkpoint_dir(data_dir, "init", key), ignore_errors=True)
     return frame
 
 
@@ -482,6 +562,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
 
     Also writes the reward curve to ``units/rl_curves/<key>.csv``.
     """
+    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
     method, beta, key = _key(settings, seed, method)
     path = unit_path(data_dir, "rl", key)
     if path.exists():
@@ -493,14 +574,17 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     else:
         policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit,
                                         adapter=adapter_dir(data_dir, "init", key), trainable=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        config = grpo_config(settings.rl, scratch, seed=seed, disable_tqdm=True,
+    checkpoints = checkpoint_dir(data_dir, "rl", key)
+    with output_folder(checkpoints) as output_dir:
+        resume = last_checkpoint(checkpoints)
+        config = grpo_config(settings.rl, output_dir, seed=seed, disable_tqdm=True,
                              gradient_accumulation_steps=settings.rl_gradient_accumulation_steps,
-                             use_cpu=not torch.cuda.is_available())
+                             use_cpu=not torch.cuda.is_available(), **saving(settings, checkpoints))
         with measure() as stats:
-            trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), math_reward_func, config)
+            trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), math_reward_func, config,
+                               resume_from_checkpoint=resume)
     curve = reward_curve(trainer)
-    tokens = max([log.get("num_tokens", 0.0) for log in trainer.state.log_history] + [0.0])
+    tokens = tokens_since(trainer, "num_tokens", resume)
     save_adapter(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
     rows = evaluate_benchmarks(policy, tokenizer, data.benchmarks, settings.eval, seed=seed)
@@ -513,6 +597,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     write_csv(unit_path(data_dir, "rl_curves", key), curve)
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return frame
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None:
         changes["init"] = replace(settings.init, max_steps=args.max_steps)
     settings = replace(settings, **changes)
+    check_writable(args.out, min_free_mb=MIN_FREE_MB)
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of `accelerate launch`'s
     with state.main_process_first():  # rank 0 builds the tiny stand-in (or fills the hub cache) first
         model_path = resolve_model(settings, args.out)

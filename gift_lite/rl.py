@@ -51,9 +51,11 @@ def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOCon
     return GRPOConfig(**kwargs)
 
 
-def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig) -> GRPOTrainer:
+def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
+             resume_from_checkpoint: str | None = None) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
+    ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
     """
     if trainable_parameters(model) == 0:
@@ -62,7 +64,7 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
                           processing_class=tokenizer)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 

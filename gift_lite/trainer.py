@@ -124,6 +124,18 @@ class GIFTConfig(SFTConfig):
         return {name: getattr(self, name) for name in LOSS_HPARAMS[self.loss_type]}
 
 
+def _adapters_to_fp32(model) -> None:
+    """Undo TRL's cast of QLoRA adapters to bf16, back to PEFT's default fp32.
+
+    A bf16 weight rounds away any Adam step below ~2^-8 of its size (lr 1e-4 on LoRA A), and a
+    run resumed from a checkpoint would train on in fp32 anyway (PEFT reloads adapters in fp32),
+    switching precision midway. The adapters are ~1% of the parameters, so fp32 costs little.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+
+
 class TruncationWarning(Warning):
     """Training rows were cut to ``max_length`` or dropped (not a ``UserWarning``, which notebooks filter)."""
 
@@ -159,6 +171,8 @@ class GIFTTrainer(SFTTrainer):
     gains an index column, and ``_set_signature_columns_if_needed`` keeps that column.
     ``__init__`` also counts the rows TRL's preparation cut to ``max_length`` or dropped
     (``length_report``) and warns about them with a ``TruncationWarning``: TRL does it silently.
+    On a quantized (QLoRA) model it keeps the adapters in fp32, where TRL casts them to bf16
+    (``_adapters_to_fp32``).
     """
 
     # Our losses are means over the micro-batch's response tokens (as in the official code), so
@@ -175,6 +189,8 @@ class GIFTTrainer(SFTTrainer):
         finally:
             args.loss_type = loss_type
         self.length_report = length_report(kwargs.get("train_dataset"), self.train_dataset, args)
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            _adapters_to_fp32(self.model)
         self.loss_fn = LOSSES[loss_type]
         self.anchor = ANCHOR[loss_type]
         causal_lm = _causal_lm(self.model)

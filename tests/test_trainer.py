@@ -190,3 +190,12 @@ def test_rows_within_max_length_give_a_clean_report(tiny_model_dir, tokenizer, s
         trainer = GIFTTrainer(model=model, args=make_config(tmp_path, max_length=64),
                               train_dataset=Dataset.from_list(sft_rows), processing_class=tokenizer)
     assert trainer.length_report == {"rows": 4, "at_max_length": 0, "dropped": 0}
+
+
+def test_qlora_adapters_stay_fp32(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    """TRL casts QLoRA adapters to bf16; GIFTTrainer keeps PEFT's fp32, the dtype a resumed run reloads."""
+    model = load_qlora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    trainer = GIFTTrainer(model=model, args=make_config(tmp_path), train_dataset=Dataset.from_list(sft_rows),
+                          processing_class=tokenizer)
+    dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}

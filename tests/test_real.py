@@ -1,0 +1,99 @@
+"""Real-model units (CPU stand-in): resuming from the last Trainer checkpoint after a SIGKILL,
+and one run folder never mixing units of different settings.
+
+A unit of notebook 06 (the initialiser, GRPO) can run for hours on a GPU, so it checkpoints every
+``save_steps`` optimizer steps; a rerun resumes there and must end with the numbers of a run that
+was never interrupted.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gift_lite import real
+from gift_lite.mini import check_unit_settings
+
+SCRIPT = """
+import os, signal, sys
+from dataclasses import replace
+from pathlib import Path
+import torch
+from transformers import Trainer
+from gift_lite import real
+
+stage, data_dir, kill_step = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+save = Trainer._save_checkpoint
+
+def save_then_die(self, model, trial):  # SIGKILL right after checkpoint kill_step of this stage is saved
+    save(self, model, trial)
+    if self.state.global_step == kill_step and f"/checkpoints/{stage}/" in self.args.output_dir:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer._save_checkpoint = save_then_die
+torch.set_num_threads(1)
+settings = replace(real.SMOKE_REAL, save_steps=1, init=replace(real.SMOKE_REAL.init, max_steps=6),
+                   rl=replace(real.SMOKE_REAL.rl, max_steps=4))
+data = real.load_data(settings)
+model_path = real.resolve_model(settings, data_dir)
+real.run_init_unit(settings, model_path, data, data_dir, 0)
+if stage == "rl":
+    real.run_rl_unit(settings, model_path, data, data_dir, 0)
+"""
+KEY = "gift_beta20_seed0"
+
+
+def run(stage: str, data_dir: Path, kill_step: int = 0) -> int:
+    """Run the unit(s) in a child process, killed (SIGKILL) after checkpoint ``kill_step`` of ``stage``."""
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, stage, str(data_dir), str(kill_step)],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600, capture_output=True, text=True)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-3000:]
+    return proc.returncode
+
+
+def numbers(data_dir: Path, stage: str) -> pd.DataFrame:
+    frame = pd.read_csv(data_dir / "units" / stage / f"{KEY}.csv", keep_default_na=False)
+    return frame[~frame["metric"].str.startswith("perf/")].reset_index(drop=True)  # wall time differs
+
+
+@pytest.mark.parametrize("stage,kill_step", [("init", 3), ("rl", 2)])
+def test_killed_unit_resumes_from_its_checkpoint_to_the_same_numbers(stage, kill_step, tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    assert run(stage, killed, kill_step) == -signal.SIGKILL
+    assert real.last_checkpoint(killed / "checkpoints" / stage / KEY).endswith(f"checkpoint-{kill_step}")
+    assert not (killed / "units" / stage / f"{KEY}.csv").exists()
+    assert run(stage, killed) == 0  # resumes at step kill_step + 1
+    assert run(stage, clean) == 0
+    pd.testing.assert_frame_equal(numbers(killed, stage), numbers(clean, stage))
+    assert not (killed / "checkpoints" / stage / KEY).exists()  # deleted once the unit is done
+    if stage == "rl":
+        curves = [pd.read_csv(d / "units" / "rl_curves" / f"{KEY}.csv") for d in (killed, clean)]
+        pd.testing.assert_frame_equal(*curves)
+
+
+def test_a_checkpoint_cut_short_is_skipped_and_removed(tmp_path):
+    for step, state in ((2, {"global_step": 2}), (3, None)):  # checkpoint-3 lost its state to a kill
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(json.dumps(state))
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')
+    assert real.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
+    assert real.last_checkpoint(tmp_path / "none") is None and real.last_checkpoint(None) is None
+
+
+def test_one_run_folder_takes_other_methods_and_seeds_but_not_other_settings(tmp_path):
+    check_unit_settings(tmp_path, real.SMOKE_REAL, ignore=real.PER_UNIT_FIELDS)
+    for other in (replace(real.SMOKE_REAL, method="sft"), replace(real.SMOKE_REAL, beta=2.0, seeds=(1,)),
+                  replace(real.SMOKE_REAL, save_steps=7)):
+        check_unit_settings(tmp_path, other, ignore=real.PER_UNIT_FIELDS)
+    with pytest.raises(ValueError, match="holds units made with other settings"):
+        check_unit_settings(tmp_path, replace(real.SMOKE_REAL, n_sft=3), ignore=real.PER_UNIT_FIELDS)
