@@ -60,8 +60,10 @@ def pass_at_k_per_problem(n, c, k: int) -> np.ndarray:
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples: int, temperature: float = 1.0,
                        max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, top_p: float = 1.0,
-                       top_k: int = 0, progress: bool = False) -> list[list[str]]:
-    """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings.
+                       top_k: int = 0, progress: bool = False, return_ended: bool = False):
+    """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings,
+    and with ``return_ended`` also a (P, num_samples) bool array: the sample stopped at EOS (False:
+    ``max_new_tokens`` cut it off).
 
     Prompts are left-padded; sampling is plain ancestral sampling at ``temperature`` (top_k=0
     and top_p=1 switch the truncations off; ``temperature=0`` is greedy). A completion stops at
@@ -78,6 +80,7 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     was_training = model.training
     model.eval()
     texts: list[str] = []
+    ended: list[bool] = []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -87,18 +90,23 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
                               padding_side="left").to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
-            texts += _decode_until_eos(tokenizer, out[:, batch["input_ids"].shape[1]:])
+            batch_texts, batch_ended = _decode_until_eos(tokenizer, out[:, batch["input_ids"].shape[1]:])
+            texts += batch_texts
+            ended += batch_ended
     model.train(was_training)
-    return [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+    samples = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
+    return (samples, np.array(ended, dtype=bool).reshape(len(prompts), num_samples)) if return_ended else samples
 
 
-def _decode_until_eos(tokenizer, new_ids: torch.Tensor) -> list[str]:
-    rows = []
+def _decode_until_eos(tokenizer, new_ids: torch.Tensor) -> tuple[list[str], list[bool]]:
+    """The texts up to the first EOS, and whether each had one."""
+    rows, ended = [], []
     for row in new_ids.tolist():
-        if tokenizer.eos_token_id in row:
+        ended.append(tokenizer.eos_token_id in row)
+        if ended[-1]:
             row = row[:row.index(tokenizer.eos_token_id)]
         rows.append(row)
-    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+    return tokenizer.batch_decode(rows, skip_special_tokens=True), ended
 
 
 def countdown_score(completion: str, problem) -> float:
@@ -109,25 +117,29 @@ def countdown_score(completion: str, problem) -> float:
 def evaluate_task(model, tokenizer, problems: Sequence, *, num_samples: int = 16, ks: Sequence[int] = DEFAULT_KS,
                   temperature: float = 1.0, max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0,
                   reward_fn: Callable[[str, object], float] = countdown_score, progress: bool = True,
-                  return_samples: bool = False):
+                  return_samples: bool = False, report_truncated: bool = False):
     """pass@1 (mean reward over all samples) and unbiased pass@k for each k in ``ks``.
 
     ``problems`` need a ``.prompt``; ``reward_fn(completion, problem)`` scores a sample (1.0 is
     correct). Returns ``{"pass@1": ..., "pass@k": ...}`` averaged over problems, plus
-    ``(samples, correct)`` with shapes (P, num_samples) when ``return_samples``.
+    ``truncated`` (the share of samples ``max_new_tokens`` cut off before EOS, scored as they
+    are) when ``report_truncated``, plus ``(samples, correct)`` with shapes (P, num_samples) when
+    ``return_samples``.
     """
     bad = [k for k in ks if k > num_samples or k < 1]
     if bad:
         raise ValueError(f"ks={tuple(ks)} holds {bad}, outside 1..num_samples={num_samples}")
-    samples = sample_completions(model, tokenizer, [p.prompt for p in problems], num_samples=num_samples,
-                                 temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 seed=seed, progress=progress)
+    samples, ended = sample_completions(model, tokenizer, [p.prompt for p in problems], num_samples=num_samples,
+                                        temperature=temperature, max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size, seed=seed, progress=progress, return_ended=True)
     correct = np.array([[reward_fn(s, p) for s in row] for row, p in zip(samples, problems)], dtype=float)
     c = (correct > 0.5).sum(axis=1)
     metrics = {"pass@1": float(correct.mean())}
     for k in ks:
         if k != 1:
             metrics[f"pass@{k}"] = float(pass_at_k_per_problem(num_samples, c, k).mean())
+    if report_truncated:
+        metrics["truncated"] = float(1.0 - ended.mean())
     return (metrics, samples, correct) if return_samples else metrics
 
 

@@ -412,10 +412,7 @@ def mean_logged_loss(trainer) -> float:
     ``train()``'s own ``training_loss`` averages only the steps run since the last restart.
     """
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    total = 0.0
-    for loss in losses:  # summed in step order, as Trainer sums them
-        total += loss
-    return total / max(len(losses), 1)
+    return sum(losses) / max(len(losses), 1)  # summed in step order, as Trainer sums them
 
 
 def tokens_since(trainer, key: str, resume: str | None) -> float:
@@ -432,12 +429,17 @@ def tokens_since(trainer, key: str, resume: str | None) -> float:
 
 def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *, seed: int,
                         progress: bool = False) -> list[dict]:
-    """pass@k per benchmark (``<name>/pass@k``) and averaged over each split's benchmarks (``pass@k``)."""
+    """pass@k per benchmark (``<name>/pass@k``) and averaged over each split's benchmarks (``pass@k``).
+
+    ``truncated`` (same layout): the share of samples cut off at ``max_new_tokens`` before EOS, so a
+    low pass@k from too short a budget shows as such.
+    """
     rows, per_split = [], {}
     for name, split, problems in benchmarks:
         metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
                                 temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                batch_size=settings.batch_size, seed=seed, reward_fn=score, progress=progress)
+                                batch_size=settings.batch_size, seed=seed, reward_fn=score, progress=progress,
+                                report_truncated=True)
         rows += [{"split": split, "metric": f"{name}/{m}", "value": v} for m, v in metrics.items()]
         per_split.setdefault(split, []).append(metrics)
     for split, runs in per_split.items():

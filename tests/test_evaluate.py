@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
+from gift_lite.evaluate import (_decode_until_eos, evaluate_task, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
                                 sample_completions, token_entropy, topk_overlap, weight_geometry)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
 from gift_lite.world import Problem, build_tokenizer, set_special_tokens
@@ -82,6 +82,21 @@ def test_evaluate_task_scores_with_the_reward(tokenizer):
     assert always == {"pass@1": 1.0, "pass@4": 1.0}
     with pytest.raises(ValueError, match="ks="):
         evaluate_task(model, tokenizer, problems, num_samples=4, ks=(8,))
+
+
+def test_samples_cut_off_before_eos_are_counted(tokenizer):
+    eos = tokenizer.eos_token_id
+    ids = torch.tensor([[5, 6, eos, 7], [5, 6, 7, 8]])  # the second ran out of tokens
+    texts, ended = _decode_until_eos(tokenizer, ids)
+    assert ended == [True, False] and texts == tokenizer.batch_decode([[5, 6], [5, 6, 7, 8]], skip_special_tokens=True)
+    model = tiny_model(tokenizer)
+    problems = [Problem((3, 5, 9), 26), Problem((2, 3, 4), 10)]
+    _, flags = sample_completions(model, tokenizer, [p.prompt for p in problems], num_samples=8, max_new_tokens=3,
+                                  seed=0, return_ended=True)
+    metrics = evaluate_task(model, tokenizer, problems, num_samples=8, ks=(1,), max_new_tokens=3, seed=0,
+                            progress=False, report_truncated=True)
+    assert flags.shape == (2, 8) and metrics["truncated"] == 1.0 - flags.mean()
+    assert 0.0 < metrics["truncated"] <= 1.0  # 3 tokens are too few for most samples of a random model
 
 
 def test_entropy_of_uniform_logits_is_log_v(tokenizer):
