@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, to
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
-from gift_lite.results import RESULT_COLUMNS, check_writable, long_rows, write_csv, write_json
+from gift_lite.results import RESULT_COLUMNS, atomic_write, check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -127,6 +128,37 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
     elif json.loads(path.read_text()) != json.loads(json.dumps(current)):
         raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
                          f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
+
+
+def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> int:
+    """Copy ``src_dir``'s base and initialiser units, with their adapters, into ``dst_dir``.
+
+    For a run that changes only the RL stage (notebook 08): its initialisers would be the same,
+    so they are reused, not retrained. Refuses a ``src_dir`` whose settings differ from
+    ``settings`` in anything but ``rl``. Each file and adapter folder is copied under a temporary
+    name and renamed, adapters before the unit files that mark them done; what ``dst_dir``
+    already has is kept. Returns the number of units copied.
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    recorded = json.loads((src_dir / "units" / "settings.json").read_text())
+    wanted = {k: v for k, v in settings.config_dict().items() if k != "workers"}
+    if {k: v for k, v in recorded.items() if k != "rl"} != {k: v for k, v in wanted.items() if k != "rl"}:
+        raise ValueError(f"src_dir={str(src_dir)!r} holds units made with settings that differ in more than rl")
+    for src in sorted(p for p in (src_dir / "adapters" / "init").glob("*") if p.is_dir()):
+        dst = dst_dir / "adapters" / "init" / src.name
+        if not dst.exists():
+            tmp = dst.with_name(f".{dst.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            tmp.rename(dst)
+    copied = 0
+    for stage in ("base", "init"):
+        for src in sorted((src_dir / "units" / stage).glob("*.csv")):
+            dst = dst_dir / "units" / stage / src.name
+            if not dst.exists():
+                atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
+                copied += 1
+    return copied
 
 
 def unit_path(data_dir: Path, stage: str, key: str) -> Path:

@@ -17,6 +17,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
+from gift_lite.repro import portable_path
+
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # saved by a tokenizers-built tokenizer
 # LoRA on every attention and MLP projection, never on lm_head (issue 2; QLoRA paper practice).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -161,11 +163,20 @@ def cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def portable_base_path(model) -> None:
+    """Record a local base as a path relative to the repository in the adapter's config (not this
+    machine's absolute path); our loaders always pass the base explicitly."""
+    for config in getattr(model, "peft_config", {}).values():
+        if config.base_model_name_or_path and is_local_model(config.base_model_name_or_path):
+            config.base_model_name_or_path = portable_path(config.base_model_name_or_path)
+
+
 def save_adapter(model, out_dir: str | Path) -> None:
     """Save a PEFT adapter through a temporary folder renamed into place (never half-written)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    portable_base_path(model)
     model.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

@@ -506,6 +506,7 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
     main = trainer.accelerator.is_main_process
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
+    models.portable_base_path(trainer.model)
     trainer.save_model(str(tmp))
     if main:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from gift_lite.presets import ENV_VAR, PRESETS
-from gift_lite.repro import repo_root
-from gift_lite.results import write_json
+from gift_lite.repro import repo_root, without_root
+from gift_lite.results import write_json, write_text
 
 MANIFEST = "reproduce.json"  # beside the executed notebooks
 SOURCE_LINES = 15  # lines of the failing cell shown in the error message
@@ -124,7 +124,9 @@ class NotebookFailed(RuntimeError):
 
 
 def run_notebook(source: Path, target: Path, preset: str, *, progress: bool = True) -> None:
-    """Execute ``source`` into ``target`` on ``preset``.
+    """Execute ``source`` into ``target`` on ``preset``; the repository's absolute path is then
+    taken out of ``target`` (papermill's metadata, printed paths, warnings), so a committed
+    notebook never carries one machine's paths.
 
     The preset travels in ``$GIFT_PRESET``; it is also injected as a papermill parameter into
     executed copies, but never into a notebook refreshed in place: an injected
@@ -141,6 +143,8 @@ def run_notebook(source: Path, target: Path, preset: str, *, progress: bool = Tr
                                    progress_bar={"desc": source.stem} if progress else False,
                                    kernel_name="python3")
     finally:
+        if target.exists():  # also after a failure: the copy with the error is kept for reading
+            write_text(target, without_root(target.read_text(encoding="utf-8")))
         if previous is None:
             os.environ.pop(ENV_VAR, None)
         else:

@@ -100,3 +100,21 @@ def test_units_of_other_settings_are_refused(tmp_path):
     other = dataclasses.replace(SMOKE, init=dataclasses.replace(SMOKE.init, num_train_epochs=2))
     with pytest.raises(ValueError, match="other settings"):
         mini.check_unit_settings(tmp_path, other)
+
+
+def test_initialisers_are_reused_only_when_just_rl_changes(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    mini.check_unit_settings(src, SMOKE)  # records SMOKE as the settings behind src's units
+    for stage, key in (("base", "base"), ("init", "sft_betainf_seed0")):
+        mini.unit_path(src, stage, key).parent.mkdir(parents=True, exist_ok=True)
+        mini.unit_path(src, stage, key).write_text("method,value\nsft,0.5\n")
+    mini.adapter_dir(src, "init", "sft_betainf_seed0").mkdir(parents=True)
+    (mini.adapter_dir(src, "init", "sft_betainf_seed0") / "adapter_config.json").write_text("{}")
+    longer = dataclasses.replace(SMOKE, rl=dataclasses.replace(SMOKE.rl, max_steps=8))
+    assert mini.reuse_initialisers(src, dst, longer) == 2
+    assert mini.unit_path(dst, "init", "sft_betainf_seed0").read_text() == "method,value\nsft,0.5\n"
+    assert (mini.adapter_dir(dst, "init", "sft_betainf_seed0") / "adapter_config.json").exists()
+    assert mini.reuse_initialisers(src, dst, longer) == 0  # what dst has is kept
+    assert not list(dst.rglob("*.tmp"))
+    with pytest.raises(ValueError, match="differ in more than rl"):
+        mini.reuse_initialisers(src, tmp_path / "other", dataclasses.replace(longer, seeds=(0, 1)))

@@ -7,7 +7,7 @@ import pytest
 
 from gift_lite import reproduce
 from gift_lite.presets import PRESETS, resolve_preset
-from gift_lite.repro import repo_root, run_info, seed_everything
+from gift_lite.repro import portable_path, repo_root, run_info, seed_everything, without_root
 from gift_lite.results import check_results, write_csv, write_json, write_run_json
 
 
@@ -100,3 +100,23 @@ def test_nearly_full_disk_fails_before_work(tmp_path, monkeypatch):
     monkeypatch.setattr(results.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(100, 90, 10 * 2 ** 20))
     with pytest.raises(ValueError, match="MB free"):
         results.check_writable(tmp_path)
+
+
+def test_committed_files_never_carry_this_machines_repo_path(tmp_path):
+    root = repo_root()
+    text = f'{{"input_path": "{root}/notebooks/01.ipynb", "cwd": "{root}"}} PosixPath(\'{root}/figures/a.png\')'
+    assert without_root(text) == '{"input_path": "notebooks/01.ipynb", "cwd": "."} PosixPath(\'figures/a.png\')'
+    assert portable_path(root / "data" / "mini" / "base") == "data/mini/base"
+    assert portable_path(tmp_path) == str(tmp_path)  # outside the repository: as given
+
+
+def test_an_adapter_records_a_base_inside_the_repo_as_a_relative_path(tmp_path):
+    from gift_lite.models import LoraSettings, add_lora, save_adapter, tiny_qwen2, TinyModelConfig
+
+    model = add_lora(tiny_qwen2(TinyModelConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
+                                                num_attention_heads=4, num_key_value_heads=2,
+                                                intermediate_size=64)), LoraSettings(r=2, lora_alpha=4))
+    model.peft_config["default"].base_model_name_or_path = str(repo_root() / "data" / "mini" / "base")
+    save_adapter(model, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "data/mini/base"
