@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
-from gift_lite.repro import portable_path
+from gift_lite.repro import without_root
 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")  # saved by a tokenizers-built tokenizer
 # LoRA on every attention and MLP projection, never on lm_head (issue 2; QLoRA paper practice).
@@ -163,12 +163,13 @@ def cuda_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def portable_base_path(model) -> None:
-    """Record a local base as a path relative to the repository in the adapter's config (not this
-    machine's absolute path); our loaders always pass the base explicitly."""
-    for config in getattr(model, "peft_config", {}).values():
-        if config.base_model_name_or_path and is_local_model(config.base_model_name_or_path):
-            config.base_model_name_or_path = portable_path(config.base_model_name_or_path)
+def drop_root_paths(adapter_dir: str | Path) -> None:
+    """Rewrite a saved adapter's config and model card with the base as a path relative to the
+    repository, not this machine's absolute path (our loaders always pass the base explicitly)."""
+    for name in ("adapter_config.json", "README.md"):
+        path = Path(adapter_dir) / name
+        if path.exists():
+            path.write_text(without_root(path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 def save_adapter(model, out_dir: str | Path) -> None:
@@ -176,8 +177,8 @@ def save_adapter(model, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    portable_base_path(model)
     model.save_pretrained(tmp)
+    drop_root_paths(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 

@@ -506,9 +506,9 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
     main = trainer.accelerator.is_main_process
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-    models.portable_base_path(trainer.model)
     trainer.save_model(str(tmp))
     if main:
+        models.drop_root_paths(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     trainer.accelerator.wait_for_everyone()

@@ -26,20 +26,12 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
-def portable_path(path: str | Path) -> str:
-    """``path`` relative to the repository root when it lies inside it, else as given.
+def without_root(text: str) -> str:
+    """``text`` with the repository root's absolute path taken out of every path in it.
 
     Files that get committed (adapter configs, executed notebooks) must not carry one machine's
     absolute paths.
     """
-    try:
-        return str(Path(path).resolve().relative_to(repo_root()))
-    except (ValueError, OSError):
-        return str(path)
-
-
-def without_root(text: str) -> str:
-    """``text`` with the repository root's absolute path taken out of every path in it."""
     root = str(repo_root())
     return text.replace(root + "/", "").replace(root, ".")
 
