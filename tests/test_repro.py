@@ -109,6 +109,7 @@ def test_committed_files_never_carry_this_machines_repo_path(tmp_path):
     assert without_root(str(tmp_path)) == str(tmp_path)  # outside the repository: as given
 
 
+@pytest.mark.filterwarnings("ignore:Setting `save_embedding_layers`")  # a fresh tiny model, not a resize
 def test_an_adapter_records_a_base_inside_the_repo_as_a_relative_path(tmp_path):
     from gift_lite.models import LoraSettings, add_lora, save_adapter, tiny_qwen2, TinyModelConfig
 
