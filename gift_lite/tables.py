@@ -455,10 +455,10 @@ def read_reported(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def find_runs(data_root, *, exclude: tuple[str, ...] = ("mini",)) -> dict[str, Path]:
-    """Folders ``<data_root>/<run>/`` holding a ``results.csv`` (notebook 06's real-model runs),
-    by name; ``exclude`` leaves out worlds tabulated separately. Sorted by name."""
-    found = sorted(p.parent for p in Path(data_root).glob("*/results.csv") if p.parent.name not in exclude)
+def find_runs(data_root, pattern: str = "real_*") -> dict[str, Path]:
+    """Folders ``<data_root>/<pattern>/`` holding a ``results.csv``, by name, sorted: notebook 06's
+    real-model runs (``real_<model>``), or notebook 08's longer RL budgets (``mini_rl<steps>``)."""
+    found = sorted(p.parent for p in Path(data_root).glob(f"{pattern}/results.csv"))
     return {p.name: p for p in found}
 
 

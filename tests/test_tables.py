@@ -185,13 +185,14 @@ def test_reported_file_is_fully_used(reported):
 
 
 def test_real_runs_are_found_by_their_results_file(tmp_path):
-    for name in ("mini", "real_a", "theory"):
+    for name in ("mini", "mini_rl200", "real_a", "theory"):
         (tmp_path / name).mkdir()
-    for name in ("mini", "real_a"):
+    for name in ("mini", "mini_rl200", "real_a"):
         (tmp_path / name / "results.csv").write_text("method\n")
     (tmp_path / "real_a" / "results_run.json").write_text('{"config": {"model": "Qwen/Qwen2.5-0.5B"}}')
     runs = tables.find_runs(tmp_path)
-    assert list(runs) == ["real_a"]  # mini is tabulated on its own; theory has no results.csv
+    assert list(runs) == ["real_a"]  # the miniature's runs are tabulated on their own; theory has no results
+    assert list(tables.find_runs(tmp_path, "mini_rl*")) == ["mini_rl200"]
     assert tables.run_model(runs["real_a"]) == "Qwen/Qwen2.5-0.5B" and tables.run_model(tmp_path / "theory") is None
 
 
