@@ -140,6 +140,8 @@ def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> 
     already has is kept. Returns the number of units copied.
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not (src_dir / "units" / "settings.json").exists():
+        raise ValueError(f"src_dir={str(src_dir)!r} holds no initialiser units yet: run notebooks 02-04 first")
     recorded = json.loads((src_dir / "units" / "settings.json").read_text())
     wanted = {k: v for k, v in settings.config_dict().items() if k != "workers"}
     if {k: v for k, v in recorded.items() if k != "rl"} != {k: v for k, v in wanted.items() if k != "rl"}:

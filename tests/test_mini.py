@@ -116,5 +116,7 @@ def test_initialisers_are_reused_only_when_just_rl_changes(tmp_path):
     assert (mini.adapter_dir(dst, "init", "sft_betainf_seed0") / "adapter_config.json").exists()
     assert mini.reuse_initialisers(src, dst, longer) == 0  # what dst has is kept
     assert not list(dst.rglob("*.tmp"))
+    with pytest.raises(ValueError, match="holds no initialiser units yet"):
+        mini.reuse_initialisers(tmp_path / "empty", dst, longer)
     with pytest.raises(ValueError, match="differ in more than rl"):
         mini.reuse_initialisers(src, tmp_path / "other", dataclasses.replace(longer, seeds=(0, 1)))
