@@ -122,12 +122,21 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
     of several methods, β and seeds in one folder.
     """
     path = Path(data_dir) / "units" / "settings.json"
-    current = {k: v for k, v in settings.config_dict().items() if k not in ignore}
     if not path.exists():
-        write_json(path, current)
-    elif json.loads(path.read_text()) != json.loads(json.dumps(current)):
+        write_json(path, _settings_without(settings.config_dict(), ignore))
+    elif not recorded_settings_match(data_dir, settings, ignore):
         raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
                          f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
+
+
+def _settings_without(config: dict, ignore: tuple[str, ...]) -> dict:
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ignore}))
+
+
+def recorded_settings_match(data_dir: Path, settings, ignore: tuple[str, ...]) -> bool:
+    """Whether ``data_dir``'s ``units/settings.json`` equals ``settings``, both without ``ignore``."""
+    recorded = json.loads((Path(data_dir) / "units" / "settings.json").read_text())
+    return _settings_without(recorded, ignore) == _settings_without(settings.config_dict(), ignore)
 
 
 def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> int:
@@ -142,9 +151,7 @@ def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> 
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not (src_dir / "units" / "settings.json").exists():
         raise ValueError(f"src_dir={str(src_dir)!r} holds no initialiser units yet: run notebooks 02-04 first")
-    recorded = json.loads((src_dir / "units" / "settings.json").read_text())
-    wanted = {k: v for k, v in settings.config_dict().items() if k != "workers"}
-    if {k: v for k, v in recorded.items() if k != "rl"} != {k: v for k, v in wanted.items() if k != "rl"}:
+    if not recorded_settings_match(src_dir, settings, ignore=("workers", "rl")):
         raise ValueError(f"src_dir={str(src_dir)!r} holds units made with settings that differ in more than rl")
     for src in sorted(p for p in (src_dir / "adapters" / "init").glob("*") if p.is_dir()):
         dst = dst_dir / "adapters" / "init" / src.name

@@ -368,6 +368,11 @@ def checkpoint_dir(data_dir: Path, stage: str, key: str) -> Path:
     return Path(data_dir) / "checkpoints" / stage / key
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step of a ``checkpoint-<step>`` folder."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
 def last_checkpoint(folder: Path | None) -> str | None:
     """The newest complete ``checkpoint-<step>`` in ``folder``, or None (start from scratch).
 
@@ -385,7 +390,7 @@ def last_checkpoint(folder: Path | None) -> str | None:
             complete.append(path)
         except (OSError, ValueError):
             shutil.rmtree(path, ignore_errors=True)
-    return str(max(complete, key=lambda p: int(p.name.split("-")[1]))) if complete else None
+    return str(max(complete, key=checkpoint_step)) if complete else None
 
 
 @contextmanager
@@ -402,7 +407,7 @@ def output_folder(checkpoints: Path | None):
 def saving(settings: RealSettings, checkpoints: Path | None) -> dict:
     """Trainer arguments: a full checkpoint (adapter, optimizer, scheduler, RNG) every ``save_steps``."""
     if checkpoints is None:
-        return {"save_strategy": "no"}
+        return {}  # the configs' own save_strategy="no"
     return {"save_strategy": "steps", "save_steps": settings.save_steps, "save_total_limit": 1}
 
 
@@ -418,7 +423,7 @@ def mean_logged_loss(trainer) -> float:
 def tokens_since(trainer, key: str, resume: str | None) -> float:
     """Tokens this process trained on: the log's running count ``key`` less its value at ``resume``."""
     counts = [(log["step"], log[key]) for log in trainer.state.log_history if key in log]
-    start = int(Path(resume).name.split("-")[-1]) if resume else 0
+    start = checkpoint_step(resume) if resume else 0
     before = max([c for step, c in counts if step <= start] + [0.0])
     return max([c for _, c in counts] + [0.0]) - before
 

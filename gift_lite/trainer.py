@@ -148,13 +148,14 @@ def length_report(raw, prepared, args) -> dict[str, int]:
     token after the cut. Warns (``TruncationWarning``) when either is non-zero. Empty when TRL
     does not truncate (no ``max_length``, packing) or a dataset is not a map-style ``Dataset``.
     """
+    import pyarrow.compute as pc
     from datasets import Dataset
 
     limit = args.max_length
     if limit is None or args.packing or not isinstance(raw, Dataset) or not isinstance(prepared, Dataset):
         return {}
-    at_limit = sum(len(ids) >= limit for batch in prepared.select_columns(["input_ids"]).iter(batch_size=1024)
-                   for ids in batch["input_ids"])
+    lengths = pc.list_value_length(prepared.with_format("arrow")["input_ids"])  # from Arrow, no Python lists
+    at_limit = int(pc.sum(pc.greater_equal(lengths, limit)).as_py() or 0)
     report = {"rows": len(raw), "at_max_length": at_limit, "dropped": len(raw) - len(prepared)}
     if at_limit or report["dropped"]:
         warnings.warn(f"{at_limit} of {len(raw)} training rows reached max_length={limit} tokens (longer ones "
