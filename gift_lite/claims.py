@@ -139,3 +139,93 @@ def claims_table(results: pd.DataFrame, gift_beta: float, *, k_large: int = 16) 
         rows.append({"claim": claim, "statement": statement, "paper": PAPER_EVIDENCE[claim],
                      "ours": "; ".join(c.text() for c in comparisons), "verdict": verdict(comparisons)})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The full-fine-tuning protocol (data/mini_ft/PROTOCOL.md §6): paired bootstrap intervals
+# ---------------------------------------------------------------------------------------------
+
+MARGINS = {"pass": 0.01, "auc": 0.01, "entropy": 0.01, "kl_to_base": 0.005}  # PROTOCOL.md §6
+
+
+class ProtocolData:
+    """What the bootstrap claims read: the long results table, per-problem counts of the test
+    evaluations (``problem_id, correct, split, method, beta, seed, stage``) and of the validation
+    curves (``step, problem_id, correct, method, beta, seed``), and the samples behind them."""
+
+    def __init__(self, results: pd.DataFrame, counts: pd.DataFrame, val_counts: pd.DataFrame, *,
+                 num_samples: int, curve_samples: int):
+        self.results, self.counts, self.val_counts = results, counts, val_counts
+        self.num_samples, self.curve_samples = num_samples, curve_samples
+
+    def scores(self, method: str, beta: float, stage: str, split: str, k: int = 1) -> pd.DataFrame:
+        from gift_lite.stats import problem_scores
+
+        c = self.counts
+        rows = c[(c["method"] == method) & (c["beta"] == beta) & (c["stage"] == stage) & (c["split"] == split)]
+        if rows.empty:
+            raise ValueError(f"no per-problem counts for {method} beta={beta:g} at stage={stage!r}, split={split!r}")
+        return problem_scores(rows, self.num_samples, k)
+
+    def seed_values(self, method: str, beta: float, stage: str, metric: str) -> list[float]:
+        r = self.results
+        rows = r[(r["method"] == method) & (r["beta"] == beta) & (r["stage"] == stage) & (r["metric"] == metric)]
+        return rows.sort_values("seed")["value"].astype(float).tolist()
+
+    def auc(self, method: str, beta: float) -> pd.DataFrame:
+        """(problems x seeds): each problem's validation pass@1 averaged over the curve (trapezoid)."""
+        from gift_lite.protocol import trapezoid_mean
+
+        v = self.val_counts
+        rows = v[(v["method"] == method) & (v["beta"] == beta)]
+        if rows.empty:
+            raise ValueError(f"no validation curve for {method} beta={beta:g}")
+        per = rows.groupby(["problem_id", "seed"]).apply(
+            lambda g: trapezoid_mean(g["step"], g["correct"] / self.curve_samples), include_groups=False)
+        return per.unstack("seed").sort_index()
+
+    def final_val(self, method: str, beta: float) -> float:
+        v = self.val_counts
+        rows = v[(v["method"] == method) & (v["beta"] == beta)]
+        return float(rows[rows["step"] == rows["step"].max()]["correct"].mean() / self.curve_samples)
+
+
+def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, k_large: int = 16,
+                     n_boot: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Every comparison of the four claims with its interval and verdict, and the claim-4 peak β̂.
+
+    Rows: claim, part, comparison, a, b, diff, low, high, detectable, part_verdict, verdict.
+    """
+    from gift_lite.stats import N_BOOT, combine, paired_difference, scalar_difference
+
+    boot = {"n_boot": n_boot or N_BOOT}
+    sft, gift = ("sft", INF), ("gift", beta_star)
+
+    def paired(a, b, stage, split, k=1, sign=1, what=""):
+        return paired_difference(data.scores(*a, stage, split, k), data.scores(*b, stage, split, k), what=what,
+                                 sign=sign, margin=MARGINS["pass"], **boot)
+
+    def scalar(a, b, metric, sign):
+        return scalar_difference(data.seed_values(*a, "init", metric), data.seed_values(*b, "init", metric),
+                                 what=f"{metric} (init)", sign=sign, margin=MARGINS[metric], **boot)
+
+    peak = max((b for b in betas if b != INF), key=lambda b: data.final_val("gift", b))
+    parts = {
+        1: [scalar(gift, sft, "entropy", 1), paired(gift, sft, "init", "id", k_large, what=f"id/pass@{k_large} (init)"),
+            scalar(gift, sft, "kl_to_base", -1)],
+        2: [paired(gift, sft, "rl", "id", what="id/pass@1 (rl)"),
+            paired_difference(data.auc(*gift), data.auc(*sft), what="validation AUC (rl)", sign=1,
+                              margin=MARGINS["auc"], **boot)],
+        3: [paired(gift, sft, "rl", "ood", what="ood/pass@1 (rl)")],
+        4: [paired(("gift", peak), ("rl_only", INF), "rl", "id", what=f"peak beta={peak:g} vs RL only (rl)"),
+            paired(("gift", peak), sft, "rl", "id", what=f"peak beta={peak:g} vs SFT (rl)")],
+    }
+    before = paired(gift, sft, "init", "id", what="id/pass@1 (init), reported only")
+    rows = []
+    for claim, comparisons in parts.items():
+        verdict = combine(comparisons, "primary" if claim == 2 else "all")
+        for i, d in enumerate(comparisons + ([before] if claim == 2 else [])):
+            rows.append({"claim": claim, "part": i + 1, "comparison": d.what, "a": d.a, "b": d.b, "diff": d.estimate,
+                         "low": d.low, "high": d.high, "detectable": d.detectable,
+                         "part_verdict": d.verdict if d is not before else "", "verdict": verdict})
+    return pd.DataFrame(rows), peak

@@ -19,10 +19,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, PrinterCallback
+from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
 from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
                                 weight_geometry)
@@ -49,7 +50,7 @@ class InitSettings:
     weight_decay: float = 0.01  # official SFT script
     adam_beta2: float = 0.95  # official SFT script (beta1 0.9 is the default)
     max_grad_norm: float = 1.0  # official SFT script
-    lora: LoraSettings = LoraSettings(r=8, lora_alpha=16)  # ours
+    lora: LoraSettings | None = LoraSettings(r=8, lora_alpha=16)  # ours; None: full fine-tuning (paper)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class EvalSettings:
     temperature: float = 1.0  # ours: the rollout temperature, so pass@k measures what RL can explore
     max_new_tokens: int = 32  # a solution has at most 15 characters
     batch_size: int = 512  # sequences per generate call
+    curve_every: int = 0  # ours: validation pass@1 every this many GRPO steps (0: no validation curve)
+    curve_samples: int = 8  # ours: samples per validation problem for that curve
+    n_train_eval: int = 0  # ours: RL prompts also evaluated after RL, for the train-test gap (0: none)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class MiniSettings:
     baselines: tuple[str, ...] = ("sft_entropy", "dft", "asft", "psft")
     rl_methods: tuple[str, ...] = ("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only")
     seeds: tuple[int, ...] = (0, 1, 2)
+    decisive_seeds: tuple[int, ...] = ()  # more seeds for SFT, GIFT at decisive_beta and RL only
+    decisive_beta: float | None = None  # the GIFT β the claims are judged at, when fixed in advance
     workers: int = 2  # ours: units run in parallel processes of one thread each (2 cores)
 
     def init_runs(self) -> list[tuple[str, float]]:
@@ -86,6 +92,18 @@ class MiniSettings:
         """(method, β) of every RL run: each initialiser whose method is in ``rl_methods``, then RL only."""
         runs = [(m, b) for m, b in self.init_runs() if m in self.rl_methods]
         return runs + ([("rl_only", INF)] if "rl_only" in self.rl_methods else [])
+
+    def units(self, stage: str) -> list[tuple[str, float, int]]:
+        """(method, β, seed) of every unit of ``stage``: each run over ``seeds``, then the decisive
+        runs (SFT, GIFT at ``decisive_beta``, RL only) over ``decisive_seeds``."""
+        runs = self.init_runs() if stage == "init" else self.rl_runs()
+        decisive = {("sft", INF), ("gift", self.decisive_beta), ("rl_only", INF)}
+        return ([(m, b, s) for m, b in runs for s in self.seeds]
+                + [(m, b, s) for m, b in runs if (m, b) in decisive for s in self.decisive_seeds])
+
+    @property
+    def full_finetune(self) -> bool:
+        return self.init.lora is None
 
     def config_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -101,7 +119,8 @@ def describe(settings: MiniSettings, *, preset: str) -> str:
         f"base: hidden {settings.model.hidden_size}, {settings.model.num_hidden_layers} layers; "
         f"pretraining {settings.pretrain.max_steps} steps x {settings.pretrain.batch_size}",
         f"initialisers: {[f'{m}' if m != 'gift' else f'gift b={b:g}' for m, b in settings.init_runs()]}",
-        f"  LoRA r={i.lora.r}, {i.num_train_epochs} epochs, lr {i.learning_rate:g}, batch {i.per_device_train_batch_size}",
+        f"  {'full fine-tuning' if i.lora is None else f'LoRA r={i.lora.r}'}, {i.num_train_epochs} epochs, "
+        f"lr {i.learning_rate:g}, batch {i.per_device_train_batch_size}",
         f"GRPO: {r.max_steps} steps, {r.per_device_train_batch_size // r.num_generations} prompts x "
         f"{r.num_generations} samples, lr {r.learning_rate:g}, for {list(settings.rl_methods)}",
         f"evaluation: {e.num_samples} samples per problem at temperature {e.temperature:g}, k in {list(e.ks)}",
@@ -129,8 +148,33 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
                          f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
 
 
+# Fields added after committed runs were recorded, with the value those runs had implicitly:
+# a recorded config that lacks one of them is read with that value (settings.json, pretrain.json).
+# The section "" holds top-level fields.
+ADDED_FIELDS: dict[str, dict] = {
+    "": {"decisive_seeds": [], "decisive_beta": None},
+    "world": {"max_number": 9, "n_val": 0},
+    "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0},
+    "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear"},
+}
+
+
+def with_added_fields(recorded: dict) -> dict:
+    """``recorded`` (a config dict) with every field of ``ADDED_FIELDS`` it lacks set to its old value."""
+    out = {**ADDED_FIELDS[""], **recorded} if "world" in recorded and "init" in recorded else dict(recorded)
+    for section, fields in ADDED_FIELDS.items():
+        if section and isinstance(out.get(section), dict):
+            out[section] = {**fields, **out[section]}
+    return out
+
+
 def _settings_without(config: dict, ignore: tuple[str, ...]) -> dict:
-    return json.loads(json.dumps({k: v for k, v in config.items() if k not in ignore}))
+    """``config`` without the fields in ``ignore``: top-level names, or ``section.field``."""
+    out = json.loads(json.dumps(with_added_fields(config)))
+    for name in ignore:
+        section, _, field = name.rpartition(".")
+        (out.get(section, {}) if section else out).pop(field, None)
+    return out
 
 
 def recorded_settings_match(data_dir: Path, settings, ignore: tuple[str, ...]) -> bool:
@@ -178,13 +222,21 @@ def adapter_dir(data_dir: Path, stage: str, key: str) -> Path:
     return Path(data_dir) / "adapters" / stage / key
 
 
+def weights_dir(data_dir: Path, stage: str, key: str, settings: MiniSettings) -> Path:
+    """Where a unit's trained policy lives: its LoRA adapter, or (full fine-tuning) its whole model
+    under ``weights/``, which git ignores (a few MB a unit; the unit files hold every result)."""
+    if settings.full_finetune:
+        return Path(data_dir) / "weights" / stage / key
+    return adapter_dir(data_dir, stage, key)
+
+
 # -- the base --------------------------------------------------------------------------------------
 def base_is_current(base_dir: Path, settings: MiniSettings) -> bool:
     """True when ``base_dir`` holds a base pretrained with exactly these world/model/pretrain settings."""
     info = Path(base_dir) / "pretrain.json"
     if not (info.exists() and (Path(base_dir) / "model.safetensors").exists()):
         return False
-    saved = json.loads(info.read_text())
+    saved = with_added_fields(json.loads(info.read_text()))
     wanted = json.loads(json.dumps({"world": asdict(settings.world), "model": asdict(settings.model),
                                     "pretrain": asdict(settings.pretrain)}))
     return all(saved.get(k) == v for k, v in wanted.items())
@@ -199,27 +251,56 @@ def ensure_base(world: World, settings: MiniSettings, base_dir: Path, *, force: 
 
 
 def load_policy(base_dir: Path, adapter: Path | None = None, *, trainable: bool = False):
-    """The base (fp32, eval mode) with an optional adapter on top, and its tokenizer."""
+    """The base (fp32, eval mode) with an optional adapter on top, and its tokenizer.
+
+    ``adapter`` may also be a whole saved model (full fine-tuning: a folder with ``config.json``
+    and no ``adapter_config.json``); it is then loaded in place of the base.
+    """
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(adapter, dtype=torch.float32).requires_grad_(trainable)
+        return model.eval(), load_tokenizer(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if adapter is not None:
         model = load_adapter(model, adapter, is_trainable=trainable)
     return model.eval(), load_tokenizer(base_dir)
 
 
+def save_policy(model, out_dir: Path) -> None:
+    """A PEFT model's adapter, or a whole model, through a temporary folder renamed into place."""
+    if hasattr(model, "peft_config"):
+        save_adapter(model, out_dir)
+        return
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
 # -- evaluation -----------------------------------------------------------------------------------
 def evaluate_policy(model, tokenizer, world: World, settings: EvalSettings, *, seed: int,
-                    base_model=None) -> list[dict]:
+                    base_model=None, counts: list[dict] | None = None) -> list[dict]:
     """pass@k on ID and OOD tests, plus entropy, KL and top-K overlap to the base on held-out text.
 
     Held-out text: the ID test problems with their expert-style solutions (the SFT distribution).
-    ``base_model=None`` with a PEFT model uses the adapter-disabled model as the base.
+    ``base_model=None`` with a PEFT model uses the adapter-disabled model as the base. With
+    ``settings.n_train_eval`` the first that many RL prompts are scored too (split ``train``).
+    ``counts``: a list that receives one ``{split, problem_id, correct}`` row per problem (the
+    number of correct samples out of ``settings.num_samples``), for paired statistics.
     """
+    splits = [("id", world.id_test), ("ood", world.ood_test)]
+    if settings.n_train_eval:
+        splits.append(("train", world.rl[:settings.n_train_eval]))
     rows = []
-    for split, problems in (("id", world.id_test), ("ood", world.ood_test)):
-        metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
-                                temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                batch_size=settings.batch_size, seed=seed, progress=False)
+    for split, problems in splits:
+        metrics, _, correct = evaluate_task(
+            model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
+            temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True)
         rows += [{"split": split, "metric": m, "value": v} for m, v in metrics.items()]
+        if counts is not None:
+            counts += problem_counts(problems, correct, split=split)
     prompts = [p.prompt for p in world.id_test]
     completions = [expert_solution(p) for p in world.id_test]
     rows.append({"split": "", "metric": "entropy", "value": token_entropy(model, tokenizer, prompts, completions)})
@@ -237,42 +318,127 @@ def _geometry_rows(a, b, name: str) -> list[dict]:
             {"split": "", "metric": f"{name}/l2", "value": geo["l2"]}]
 
 
+def problem_counts(problems, correct, **labels) -> list[dict]:
+    """One row per problem: its id and its number of correct samples (``correct``: (P, S) rewards)."""
+    hits = (np.asarray(correct) > 0.5).sum(axis=1)
+    return [{**labels, "problem_id": p.id, "correct": int(c)} for p, c in zip(problems, hits)]
+
+
+def validation_counts(model, tokenizer, world: World, settings: EvalSettings, *, seed: int) -> list[dict]:
+    """Correct samples per validation problem, out of ``settings.curve_samples`` each."""
+    _, _, correct = evaluate_task(model, tokenizer, world.val, num_samples=settings.curve_samples, ks=(1,),
+                                  temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                  batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True)
+    return problem_counts(world.val, correct)
+
+
+class ValidationCurve(TrainerCallback):
+    """Validation pass@1 before training and every ``settings.curve_every`` optimizer steps.
+
+    Sampling forks the RNG (``evaluate.sample_completions``), so the training run draws the same
+    numbers with or without this callback.
+    """
+
+    def __init__(self, world: World, tokenizer, settings: EvalSettings, seed: int):
+        self.world, self.tokenizer, self.settings, self.seed = world, tokenizer, settings, seed
+        self.rows: list[dict] = []  # step, val_pass@1
+        self.counts: list[dict] = []  # step, problem_id, correct
+
+    def _record(self, model, step: int) -> None:
+        counts = validation_counts(model, self.tokenizer, self.world, self.settings, seed=self.seed + step)
+        self.counts += [{"step": step, **row} for row in counts]
+        value = sum(row["correct"] for row in counts) / (len(counts) * self.settings.curve_samples)
+        self.rows.append({"step": step, "val_pass@1": value})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._record(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.settings.curve_every == 0:
+            self._record(model, state.global_step)
+
+
 # -- units of work ------------------------------------------------------------------------------------
-def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path) -> pd.DataFrame:
-    """Evaluate the untouched base once (stage ``base``); cached like every unit."""
-    check_unit_settings(data_dir, settings)
+def load_base(base_dir: Path, settings: MiniSettings):
+    """The frozen base to compare a policy with: ``None`` under LoRA (the adapter-disabled model is it)."""
+    return load_policy(base_dir)[0] if settings.full_finetune else None
+
+
+def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path,
+                  ignore: tuple[str, ...] = ("workers",)) -> pd.DataFrame:
+    """Evaluate the untouched base once (stage ``base``); cached like every unit. ``ignore``: the
+    settings the folder's guard leaves out (``check_unit_settings``)."""
+    check_unit_settings(data_dir, settings, ignore)
     path = unit_path(data_dir, "base", "base")
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
     model, tokenizer = load_policy(base_dir)
-    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=0, base_model=model)
+    counts = []
+    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=0, base_model=model, counts=counts)
+    write_csv(unit_path(data_dir, "base_problems", "base"), _label(pd.DataFrame(counts), "base", 0.0, 0))
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
 
 
+def init_config(settings: MiniSettings, output_dir: str, method: str, beta: float, seed: int,
+                init: InitSettings | None = None, **overrides) -> GIFTConfig:
+    """The ``GIFTConfig`` of one initialiser (``init`` overrides ``settings.init``, for selection runs)."""
+    init = init or settings.init
+    kwargs = dict(
+        output_dir=output_dir, loss_type=method, beta=beta if method == "gift" else INF, seed=seed,
+        num_train_epochs=init.num_train_epochs, learning_rate=init.learning_rate,
+        per_device_train_batch_size=init.per_device_train_batch_size,
+        lr_scheduler_type=init.lr_scheduler_type, warmup_steps=0, weight_decay=init.weight_decay,
+        adam_beta2=init.adam_beta2, max_grad_norm=init.max_grad_norm, logging_steps=10,
+        save_strategy="no", report_to=[], max_length=64, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available())
+    return GIFTConfig(**{**kwargs, **overrides})
+
+
 def train_initialiser(world: World, settings: MiniSettings, base_dir: Path, method: str, beta: float,
-                      seed: int, out_dir: Path) -> dict:
-    """Train one LoRA initialiser with ``GIFTTrainer``; saves the adapter to ``out_dir``."""
-    model, tokenizer = load_policy(base_dir)
+                      seed: int, out_dir: Path | None, *, init: InitSettings | None = None,
+                      eval_split: str | None = None) -> dict:
+    """Train one initialiser with ``GIFTTrainer`` (LoRA, or full fine-tuning when ``init.lora`` is
+    None); saves it to ``out_dir`` unless that is None.
+
+    ``eval_split``: evaluate the one-hot cross-entropy on that split's expert solutions before
+    training (epoch 0) and after every epoch (``eval/loss`` per epoch in the returned ``log``), as
+    the paper picks its SFT epoch by held-out loss (only for ``method="sft"``: GIFTTrainer's eval
+    loss is the method's own loss).
+    """
+    init = init or settings.init
+    model, tokenizer = load_policy(base_dir, trainable=init.lora is None)
     seed_everything(seed)  # the LoRA initialisation draws from the global RNG
-    model = add_lora(model, settings.init.lora)
-    init = settings.init
+    if init.lora is not None:
+        model = add_lora(model, init.lora)
+    extra = {"eval_strategy": "epoch", "per_device_eval_batch_size": 256} if eval_split else {}
     with tempfile.TemporaryDirectory() as scratch:
-        config = GIFTConfig(
-            output_dir=scratch, loss_type=method, beta=beta if method == "gift" else INF, seed=seed,
-            num_train_epochs=init.num_train_epochs, learning_rate=init.learning_rate,
-            per_device_train_batch_size=init.per_device_train_batch_size,
-            lr_scheduler_type=init.lr_scheduler_type, warmup_steps=0, weight_decay=init.weight_decay,
-            adam_beta2=init.adam_beta2, max_grad_norm=init.max_grad_norm, logging_steps=10,
-            save_strategy="no", report_to=[], max_length=64, disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available())
-        trainer = GIFTTrainer(model=model, args=config, train_dataset=world.sft_dataset(),
+        config = init_config(settings, scratch, method, beta, seed, init, **extra)
+        trainer = GIFTTrainer(model=model.train(), args=config, train_dataset=world.sft_dataset(),
+                              eval_dataset=world.sft_dataset(eval_split) if eval_split else None,
                               processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # the notebook shows one progress bar over runs
+        before = [{"epoch": 0, "eval/loss": trainer.evaluate()["eval_loss"]}] if eval_split else []
         result = trainer.train()
-    save_adapter(model, out_dir)
-    return {"train/loss": result.training_loss}
+    if out_dir is not None:
+        save_policy(model, out_dir)
+    log = before + [{"epoch": round(e["epoch"]), "eval/loss": e["eval_loss"]}
+                    for e in trainer.state.log_history if "eval_loss" in e and e.get("epoch", 0) > 0]
+    return {"train/loss": result.training_loss, "log": log}
+
+
+def ensure_initialiser(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
+                       beta: float, seed: int) -> Path:
+    """The trained initialiser's folder, retrained if only its unit file survived.
+
+    Full-fine-tuning weights are not committed (``weights_dir``); training is deterministic for a
+    seed on one thread, so a fresh clone retrains what an RL unit needs to the same weights.
+    """
+    out = weights_dir(data_dir, "init", unit_key(method, beta, seed), settings)
+    if not (out / "config.json").exists() and not (out / "adapter_config.json").exists():
+        train_initialiser(world, settings, base_dir, method, beta, seed, out)
+    return out
 
 
 def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
@@ -282,12 +448,16 @@ def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir
     path = unit_path(data_dir, "init", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
-    adapter = adapter_dir(data_dir, "init", key)
-    stats = train_initialiser(world, settings, base_dir, method, beta, seed, adapter)
-    model, tokenizer = load_policy(base_dir, adapter)
-    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=seed)
-    rows += [{"split": "", "metric": k, "value": v} for k, v in stats.items()]
-    rows += _geometry_rows(_base_state(model), model, "geometry/base_to_init")
+    out = weights_dir(data_dir, "init", key, settings)
+    stats = train_initialiser(world, settings, base_dir, method, beta, seed, out)
+    model, tokenizer = load_policy(base_dir, out)
+    base = load_base(base_dir, settings)
+    counts = []
+    rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=seed, base_model=base, counts=counts)
+    write_csv(unit_path(data_dir, "init_problems", key), _label(pd.DataFrame(counts), method, beta, seed))
+    rows.append({"split": "", "metric": "train/loss", "value": stats["train/loss"]})
+    start = base.state_dict() if base is not None else _base_state(model)
+    rows += _geometry_rows(start, model, "geometry/base_to_init")
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
     return frame
@@ -298,52 +468,94 @@ def _base_state(model) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if "lora_" not in k}
 
 
+def rl_start(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
+             seed: int):
+    """The trainable policy GRPO starts from, and its tokenizer: the initialiser, or for ``rl_only``
+    the base (with fresh LoRA adapters under LoRA)."""
+    if method != "rl_only":
+        start = ensure_initialiser(world, settings, base_dir, data_dir, method, beta, seed)
+        return load_policy(base_dir, start, trainable=True)
+    policy, tokenizer = load_policy(base_dir, trainable=settings.full_finetune)
+    if not settings.full_finetune:
+        seed_everything(seed)
+        policy = add_lora(policy, settings.init.lora)
+    return policy, tokenizer
+
+
+def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int, rl: GRPOSettings | None = None):
+    """GRPO on ``world.rl``; returns the reward curve, the validation curve and its per-problem
+    counts (both empty when ``settings.eval.curve_every`` is 0)."""
+    rl = rl or settings.rl
+    callbacks = [ValidationCurve(world, tokenizer, settings.eval, seed)] if settings.eval.curve_every else []
+    with tempfile.TemporaryDirectory() as scratch:
+        config = grpo_config(rl, scratch, seed=seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
+                           callbacks=callbacks)
+    validation = pd.DataFrame(callbacks[0].rows if callbacks else [], columns=["step", "val_pass@1"])
+    counts = pd.DataFrame(callbacks[0].counts if callbacks else [], columns=["step", "problem_id", "correct"])
+    return reward_curve(trainer), validation, counts
+
+
+def _label(frame: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
+    for name, value in (("seed", seed), ("beta", beta), ("method", method)):
+        frame.insert(0, name, value)
+    return frame
+
+
 def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
                 beta: float, seed: int) -> pd.DataFrame:
-    """GRPO from one initialiser (``rl_only``: from fresh adapters on the base), then evaluate (stage ``rl``).
+    """GRPO from one initialiser (``rl_only``: from the base), then evaluate (stage ``rl``).
 
-    Also writes the run's reward curve to ``units/rl_curves/<key>.csv``.
+    Also writes the run's reward curve to ``units/rl_curves/<key>.csv`` and, with
+    ``settings.eval.curve_every``, its validation curve to ``units/rl_val/<key>.csv``.
     """
     key = unit_key(method, beta, seed)
     path = unit_path(data_dir, "rl", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
-    if method == "rl_only":
-        policy, tokenizer = load_policy(base_dir)
-        seed_everything(seed)
-        policy = add_lora(policy, settings.init.lora)
-    else:
-        policy, tokenizer = load_policy(base_dir, adapter_dir(data_dir, "init", key), trainable=True)
+    policy, tokenizer = rl_start(world, settings, base_dir, data_dir, method, beta, seed)
     start_state = {k: v.clone() for k, v in merged_state_dict(policy).items()}
-    with tempfile.TemporaryDirectory() as scratch:
-        config = grpo_config(settings.rl, scratch, seed=seed, disable_tqdm=True,
-                             use_cpu=not torch.cuda.is_available())
-        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config)
-    curve = reward_curve(trainer)
-    save_adapter(policy, adapter_dir(data_dir, "rl", key))
+    curve, validation, val_counts = train_rl(world, settings, policy, tokenizer, seed)
+    if not settings.full_finetune:  # full-model RL weights are not needed by any notebook
+        save_policy(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
-    rows = evaluate_policy(policy, tokenizer, world, settings.eval, seed=seed)
+    counts = []
+    rows = evaluate_policy(policy, tokenizer, world, settings.eval, seed=seed,
+                           base_model=load_base(base_dir, settings), counts=counts)
     rows += _geometry_rows(start_state, policy, "geometry/init_to_rl")
     rows.append({"split": "", "metric": "rl/frac_reward_zero_std", "value": float(curve["frac_reward_zero_std"].mean())})
     rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
-    curve.insert(0, "seed", seed)
-    curve.insert(0, "beta", beta)
-    curve.insert(0, "method", method)
-    write_csv(unit_path(data_dir, "rl_curves", key), curve)
+    if len(validation):
+        write_csv(unit_path(data_dir, "rl_val", key), _label(validation, method, beta, seed))
+        write_csv(unit_path(data_dir, "rl_val_problems", key), _label(val_counts, method, beta, seed))
+    write_csv(unit_path(data_dir, "rl_problems", key), _label(pd.DataFrame(counts), method, beta, seed))
+    write_csv(unit_path(data_dir, "rl_curves", key), _label(curve, method, beta, seed))
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     return frame
 
 
-def collect(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All finished units as one long table, and all RL reward curves as another."""
+def collect(data_dir: Path, curves: str = "rl_curves") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished units as one long table, and all RL curves of kind ``curves`` (``rl_curves``:
+    reward per step; ``rl_val``: validation pass@1) as another."""
     units = Path(data_dir) / "units"
     results = [pd.read_csv(p, keep_default_na=False) for stage in ("base", "init", "rl")
                for p in sorted((units / stage).glob("*.csv"))]
-    curves = [pd.read_csv(p) for p in sorted((units / "rl_curves").glob("*.csv"))]
+    curve_frames = [pd.read_csv(p) for p in sorted((units / curves).glob("*.csv"))]
     results = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=list(RESULT_COLUMNS))
-    curves = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    return results, curves
+    curve_frames = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
+    return results, curve_frames
+
+
+def collect_counts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-problem counts of correct samples: of every test evaluation (with its ``stage``), and of
+    every RL validation curve (empty frames where a run wrote none)."""
+    units = Path(data_dir) / "units"
+    frames = [pd.read_csv(p, keep_default_na=False).assign(stage=stage) for stage in ("base", "init", "rl")
+              for p in sorted((units / f"{stage}_problems").glob("*.csv"))]
+    val = [pd.read_csv(p) for p in sorted((units / "rl_val_problems").glob("*.csv"))]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+            pd.concat(val, ignore_index=True) if val else pd.DataFrame())
 
 
 # -- running many units ----------------------------------------------------------------------------
@@ -351,21 +563,50 @@ UNIT_RUNNERS = {"init": run_init_unit, "rl": run_rl_unit}
 _WORKER_WORLD: dict[WorldConfig, World] = {}
 
 
-def _run_unit(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
-              seed: int) -> str:
-    """Run one unit on one thread (so its numbers do not depend on how many run at once)."""
-    world = _WORKER_WORLD.get(settings.world) or _WORKER_WORLD.setdefault(settings.world, build_world(settings.world))
+def worker_world(config: WorldConfig) -> World:
+    """The world of ``config``, built once per process."""
+    return _WORKER_WORLD.get(config) or _WORKER_WORLD.setdefault(config, build_world(config))
+
+
+def one_thread(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` on one torch thread (its numbers then do not depend on how many
+    run at once)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        UNIT_RUNNERS[stage](world, settings, base_dir, data_dir, method, beta, seed)
+        return function(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def _run_unit(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
+              seed: int) -> str:
+    one_thread(UNIT_RUNNERS[stage], worker_world(settings.world), settings, base_dir, data_dir, method, beta, seed)
     return unit_key(method, beta, seed)
 
 
+def run_pool(function, jobs: list[tuple], workers: int, *, desc: str, progress: bool = True) -> list:
+    """``function(*job)`` for every job, in ``workers`` spawned processes (in order when 1); returns
+    the results in the order the jobs finish."""
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    done = []
+    if workers <= 1:
+        for job in jobs:
+            done.append(function(*job))
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(function, *job) for job in jobs]
+            for future in as_completed(futures):
+                done.append(future.result())
+                bar.update()
+    bar.close()
+    return done
+
+
 def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, *, progress: bool = True) -> list[str]:
-    """Run every missing unit of ``stage`` (``init`` or ``rl``) over ``settings.seeds``.
+    """Run every missing unit of ``stage`` (``init`` or ``rl``) over ``settings.units(stage)``.
 
     With ``settings.workers > 1`` units run in that many spawned processes. Each unit writes its
     own files, so the order does not matter and an interrupted call resumes where it stopped.
@@ -375,21 +616,6 @@ def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path
         raise ValueError(f"stage={stage!r} is not one of {sorted(UNIT_RUNNERS)}")
     check_writable(data_dir)
     check_unit_settings(data_dir, settings)
-    runs = settings.init_runs() if stage == "init" else settings.rl_runs()
-    todo = [(m, b, s) for m, b in runs for s in settings.seeds
+    todo = [(stage, settings, base_dir, data_dir, m, b, s) for m, b, s in settings.units(stage)
             if not unit_path(data_dir, stage, unit_key(m, b, s)).exists()]
-    bar = tqdm(total=len(todo), desc=f"{stage} units", disable=not progress)
-    done = []
-    if settings.workers <= 1:
-        for run in todo:
-            done.append(_run_unit(stage, settings, base_dir, data_dir, *run))
-            bar.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(settings.workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_unit, stage, settings, base_dir, data_dir, *run) for run in todo]
-            for future in as_completed(futures):
-                done.append(future.result())
-                bar.update()
-    bar.close()
-    return done
+    return run_pool(_run_unit, todo, settings.workers, desc=f"{stage} units", progress=progress)

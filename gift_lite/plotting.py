@@ -425,3 +425,29 @@ def plot_reward_lead(curves: dict, *, reference: tuple[str, float] = ("sft", mat
         ax.legend(ncol=2)
     axes[0][0].set_ylabel(f"batch reward − {method_label(reference[0])}")
     return fig
+
+
+def plot_sft_selection(table):
+    """Held-out one-hot cross-entropy against SFT epoch, one line per learning rate (epoch 0: the base)."""
+    fig, ax = _figure(None)
+    for lr, group in table.groupby("learning_rate"):
+        ax.plot(group["epoch"], group["heldout_loss"], marker="o", ms=3, label=f"lr {lr:g}")
+    ax.set_xlabel("SFT epoch")
+    ax.set_ylabel("held-out cross-entropy (nats/token)")
+    ax.legend()
+    return fig
+
+
+def plot_validation_curves(curves, *, ax=None):
+    """Validation pass@1 against GRPO step, mean over seeds: one line per learning rate (selection
+    runs, a ``learning_rate`` column) or per start (``method``, ``beta``)."""
+    fig, ax = _figure(ax)
+    by_lr = "learning_rate" in curves.columns
+    for key, group in curves.groupby("learning_rate" if by_lr else ["method", "beta"], sort=False):
+        mean = group.groupby("step")["val_pass@1"].mean()
+        style = {"label": f"lr {key:g}"} if by_lr else {"label": method_label(*key), "color": run_color(*key)}
+        ax.plot(mean.index, mean.values, marker="o", ms=2, **style)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("validation pass@1")
+    ax.legend(ncol=2)
+    return fig

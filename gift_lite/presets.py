@@ -8,11 +8,12 @@ refreshes the committed ``data/`` and ``figures/``; ``gpu`` runs real small mode
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gift_lite.mini import INF, EvalSettings, InitSettings, MiniSettings
 from gift_lite.models import LoraSettings, TinyModelConfig
+from gift_lite.protocol import SelectionSettings
 from gift_lite.repro import repo_root
 from gift_lite.rl import GRPOSettings
 from gift_lite.world import PretrainConfig, WorldConfig
@@ -26,6 +27,8 @@ class Preset:
     name: str
     scratch: bool  # True: write under scratch/, never over committed results (STYLE.md)
     mini: MiniSettings  # the miniature's protocol at this scale (notebooks 02-05)
+    mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 09-10)
+    selection: SelectionSettings  # its selection grids (data/mini_ft/PROTOCOL.md §3-4)
 
     def data_dir(self, world: str) -> Path:
         """Folder for this preset's result files of ``world`` (e.g. ``mini``, ``theory``)."""
@@ -50,6 +53,16 @@ SMOKE_MINI = MiniSettings(
                     learning_rate=1e-3),
     betas=(1.0, INF), baselines=("dft",), rl_methods=("sft", "gift", "rl_only"), seeds=(0,), workers=1)
 
+SMOKE_MINI_FT = replace(
+    SMOKE_MINI, world=replace(SMOKE_MINI.world, n_val=8),
+    init=replace(SMOKE_MINI.init, lora=None, learning_rate=1e-4),
+    eval=replace(SMOKE_MINI.eval, curve_every=1, n_train_eval=8),
+    rl=replace(SMOKE_MINI.rl, gradient_checkpointing=False, learning_rate=1e-4),
+    rl_methods=("sft", "gift", "rl_only"), decisive_seeds=(1,), decisive_beta=1.0)
+SMOKE_SELECTION = SelectionSettings(sft_learning_rates=(1e-4,), sft_max_epochs=2, rl_learning_rates=(1e-4,),
+                                    rl_seeds=(0,), rl_max_steps=2, rl_last_evals=1,
+                                    enforce=False)  # smoke only checks that every step runs
+
 # Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (README "Budgets"). GRPO runs for
 # SFT, GIFT at every beta and RL-only; the four baselines stop before RL (a cut for time).
 MINI = MiniSettings(
@@ -58,10 +71,24 @@ MINI = MiniSettings(
     betas=(0.5, 1.0, 2.0, 4.0, 20.0, INF),
     rl_methods=("sft", "gift", "rl_only"))
 
+# The full-fine-tuning protocol (data/mini_ft/PROTOCOL.md): a wider world (numbers 1-13) so that
+# converged RL sees each RL prompt about twice, a validation split for every selection, full
+# fine-tuning at both stages, RL from every initialiser. Values marked "selected" are the outcome
+# of the protocol's selection rules (notebook 09), which the notebook checks against these.
+MINI_FT_WORLD = WorldConfig(max_number=13, n_val=200, n_rl=2400)
+MINI_FT = MiniSettings(
+    world=MINI_FT_WORLD,
+    init=InitSettings(lora=None, learning_rate=1e-4, num_train_epochs=1),  # selected (notebook 09)
+    eval=EvalSettings(max_new_tokens=20, curve_every=25, curve_samples=8, n_train_eval=200),  # PROTOCOL.md §5
+    rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=20, gradient_checkpointing=False,
+                    lr_scheduler_type="constant", learning_rate=1e-4, max_steps=1),  # lr, steps: selected
+    rl_methods=("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only"),
+    decisive_seeds=(3, 4), decisive_beta=1.0)  # decisive_beta: beta* (notebook 09)
+
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI),
-    "mini": Preset(name="mini", scratch=False, mini=MINI),
-    "gpu": Preset(name="gpu", scratch=False, mini=MINI),
+    "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI, mini_ft=SMOKE_MINI_FT, selection=SMOKE_SELECTION),
+    "mini": Preset(name="mini", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings()),
+    "gpu": Preset(name="gpu", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings()),
 }
 
 

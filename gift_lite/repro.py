@@ -84,3 +84,18 @@ def run_info(config: dict) -> dict:
     """What a ``*_run.json`` carries: the config, package versions, device and git SHA."""
     return {"config": config, "versions": package_versions(), "device": device_info(),
             "git_sha": git_sha()}
+
+
+def file_commit(path: str | Path) -> str:
+    """The last commit that changed ``path`` (e.g. a protocol file), or ``unknown`` outside git;
+    ``+dirty`` when the file now differs from that commit."""
+    root = repo_root()
+    try:
+        relative = str(Path(path).resolve().relative_to(root))
+        sha = subprocess.run(["git", "log", "-1", "--format=%H", "--", relative], cwd=root, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", relative], cwd=root, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty else "")

@@ -22,7 +22,7 @@ from gift_lite.repro import run_info
 # split: id | ood | "" for split-free metrics.
 RESULT_COLUMNS = ("method", "beta", "seed", "stage", "split", "metric", "value")
 STAGES = ("base", "init", "rl")
-SPLITS = ("id", "ood", "")
+SPLITS = ("id", "ood", "train", "")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -31,6 +31,8 @@ class GRPOSettings:
     per_device_train_batch_size: int = 64  # completions per step = prompts x group size (ours)
     max_completion_length: int = 512  # ours; the paper samples up to 8192 tokens
     max_steps: int = 100  # paper: one epoch over 10k prompts at batch 128 (~78 steps)
+    gradient_checkpointing: bool = True  # TRL's default; off pays on a tiny model (benchmarks/bench_rl.py)
+    lr_scheduler_type: str = "linear"  # TRL's default (decay to 0 at max_steps); verl's actor: constant
     seed: int = 0
 
     def __post_init__(self):
@@ -52,16 +54,17 @@ def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOCon
 
 
 def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
-             resume_from_checkpoint: str | None = None) -> GRPOTrainer:
+             resume_from_checkpoint: str | None = None, callbacks: list | None = None) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
+    ``callbacks``: extra ``TrainerCallback``s (e.g. ``mini.ValidationCurve``).
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, callbacks=callbacks)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -47,7 +47,7 @@ PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0-3
 CHARACTERS = "0123456789+-*/=,>: "  # ids 4-22
 OPERATIONS = "+-*/"
-SPLIT_NAMES = ("pretrain", "sft", "rl", "id_test", "ood_test")
+SPLIT_NAMES = ("pretrain", "sft", "rl", "val", "id_test", "ood_test")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +175,8 @@ class WorldConfig:
     corpus_size: int = 200_000  # ours: attempts in the corpus (~4.6 M tokens with BOS/EOS)
     corpus_correct: float = 0.6  # ours: share of correct attempts (0.5 gave ID pass@1 ~ 0.10-0.12)
     corpus_slip: float = 0.15  # ours: share of attempts with an arithmetic slip; the rest miss
+    max_number: int = 9  # ours: given numbers are 1..max_number (13 widens the pool for converged RL)
+    n_val: int = 0  # ours: ID validation problems for choosing settings, disjoint from every other split
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class World:
     pretrain: tuple[Problem, ...]
     sft: tuple[Problem, ...]
     rl: tuple[Problem, ...]
+    val: tuple[Problem, ...]
     id_test: tuple[Problem, ...]
     ood_test: tuple[Problem, ...]
     corpus: tuple[str, ...] = field(repr=False)
@@ -194,11 +197,12 @@ class World:
             raise ValueError(f"name={name!r} is not one of {SPLIT_NAMES}")
         return getattr(self, name)
 
-    def sft_dataset(self):
-        """TRL prompt-completion rows, one expert solution per SFT problem (EOS added by TRL)."""
+    def sft_dataset(self, split: str = "sft"):
+        """TRL prompt-completion rows, one expert solution per problem of ``split`` (EOS added by TRL)."""
         from datasets import Dataset
 
-        return Dataset.from_list([{"prompt": p.prompt, "completion": expert_solution(p)} for p in self.sft])
+        return Dataset.from_list([{"prompt": p.prompt, "completion": expert_solution(p)}
+                                  for p in self.split(split)])
 
     def rl_dataset(self, split: str = "rl"):
         """Prompt rows with the columns the reward needs (``numbers``, ``target``, ``problem_id``)."""
@@ -211,13 +215,15 @@ class World:
 def build_world(config: WorldConfig = WorldConfig()) -> World:
     """Draw the five disjoint splits and the corpus from ``config.seed`` (deterministic)."""
     rng = random.Random(config.seed)
-    id_keys = solvable_problems(1, config.id_max_target)
-    ood_keys = solvable_problems(config.id_max_target + 1, config.ood_max_target)
+    if not 1 <= config.max_number <= 99:
+        raise ValueError(f"max_number={config.max_number} must be between 1 and 99")
+    id_keys = solvable_problems(1, config.id_max_target, max_number=config.max_number)
+    ood_keys = solvable_problems(config.id_max_target + 1, config.ood_max_target, max_number=config.max_number)
     rng.shuffle(id_keys)
     rng.shuffle(ood_keys)
-    sizes = {"n_id_test": config.n_id_test, "n_sft": config.n_sft, "n_rl": config.n_rl}
+    sizes = {"n_id_test": config.n_id_test, "n_sft": config.n_sft, "n_rl": config.n_rl, "n_val": config.n_val}
     if any(v < 0 for v in sizes.values()) or sum(sizes.values()) >= len(id_keys):
-        raise ValueError(f"n_id_test + n_sft + n_rl = {sum(sizes.values())} must be non-negative and below "
+        raise ValueError(f"n_id_test + n_sft + n_rl + n_val = {sum(sizes.values())} must be non-negative and below "
                          f"{len(id_keys)} (solvable ID problems) to leave problems for pretraining")
     if not 0 <= config.n_ood_test <= len(ood_keys):
         raise ValueError(f"n_ood_test={config.n_ood_test} must be between 0 and {len(ood_keys)}")
@@ -232,10 +238,11 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     id_test, rest = take(id_keys, config.n_id_test, "id")
     sft, rest = take(rest, config.n_sft, "sft")
     rl, rest = take(rest, config.n_rl, "rl")
+    val, rest = take(rest, config.n_val, "val")  # after rl: n_val = 0 leaves the older worlds' draws unchanged
     pretrain, _ = take(rest, len(rest), "pre")
     ood_test, _ = take(ood_keys, config.n_ood_test, "ood")
     corpus = _corpus(pretrain, config, random.Random(config.seed + 1))
-    return World(config=config, pretrain=pretrain, sft=sft, rl=rl, id_test=id_test, ood_test=ood_test,
+    return World(config=config, pretrain=pretrain, sft=sft, rl=rl, val=val, id_test=id_test, ood_test=ood_test,
                  corpus=corpus)
 
 
@@ -425,7 +432,7 @@ def pretrain_base(world: World, model_config: TinyModelConfig = TinyModelConfig(
     wall = time.perf_counter() - start
     stats = {"final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "tokens": tokens,
              "tokens_per_s": tokens / wall if wall > 0 else float("nan"), "wall_s": wall,
-             "n_params": sum(p.numel() for p in model.parameters())}
+             "n_params": sum(p.numel() for p in model.parameters()), "torch_threads": torch.get_num_threads()}
     if out_dir is not None:
         save_base(model, tokenizer, out_dir, {"world": asdict(world.config), "model": asdict(model_config),
                                               "pretrain": asdict(config), "stats": stats})

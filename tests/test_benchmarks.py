@@ -56,3 +56,30 @@ def test_bench_step_tiny_writes_csv_and_run_json(tmp_path):
     run = json.loads(out.with_name("step_run.json").read_text())
     assert run["config"]["tiny"] is True and "load_average_before" in run["config"]
     assert "step time vs sft" in done.stdout
+
+
+RL_SCRIPT = ROOT / "benchmarks" / "bench_rl.py"
+RL_COLUMNS = ["part", "config", "status", "s_per_step", "s_per_completion", "completions_per_s", "tokens_per_s",
+              "speedup", "completions_per_update", "repeats", "threads", "load_avg"]
+
+
+def test_bench_rl_tiny_writes_csv_and_run_json(tmp_path):
+    out = tmp_path / "rl_step.csv"
+    done = subprocess.run([sys.executable, str(RL_SCRIPT), "--tiny", "--out", str(out), "--rl-configs",
+                           "committed,full_nogc_len16", "--eval-configs", "committed,merged_len16", "--steps", "2",
+                           "--warmup", "1", "--repeats", "1", "--agreement", "--agreement-seeds", "1",
+                           "--agreement-steps", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == RL_COLUMNS
+    assert (frame["status"] == "ok").all(), frame["status"].tolist()
+    assert list(zip(frame["part"], frame["config"])) == [("rl", "committed"), ("rl", "full_nogc_len16"),
+                                                         ("eval", "committed"), ("eval", "merged_len16")]
+    assert (frame["s_per_completion"] > 0).all() and frame["speedup"].notna().all()
+    assert frame.loc[frame["config"] == "committed", "speedup"].tolist() == [1.0, 1.0]
+    assert (frame.loc[frame["part"] == "rl", "completions_per_update"] == 16).all()
+    agreement = pd.read_csv(tmp_path / "rl_agreement.csv")
+    assert set(agreement["config"]) == {"full", "full_nogc_len16"} and len(agreement) == 4
+    run = json.loads(out.with_name("rl_step_run.json").read_text())
+    assert run["config"]["tiny"] is True and "goals" in run["config"]
+    assert "rl: best speedup" in done.stdout

@@ -1,0 +1,261 @@
+"""Speed of one GRPO step and of the evaluation on the miniature, lever by lever (issue 12).
+
+RL rows time TRL's ``GRPOTrainer`` on the committed ``mini`` world and base
+(``data/mini/base``), 16 prompts x 8 samples = 128 completions per optimizer update in every
+row, so seconds per completion compare at the same completions per update. The levers are added
+one at a time, in this order:
+
+- ``committed``: the committed ``mini`` RL stage: LoRA r=8, TRL's gradient checkpointing,
+  completions of at most 24 tokens;
+- ``full``: full fine-tuning (no LoRA wrappers: one matmul per projection instead of three);
+- ``full_nogc``: and no gradient checkpointing (it re-runs the forward pass in the backward pass,
+  which buys nothing on a 0.8 M-parameter model);
+- ``full_nogc_len16``: and at most 16 new tokens: the longest correct completion of this world
+  (15 characters) plus EOS. Longer samples cannot be correct; this is a protocol choice;
+- ``full_nogc_len16_spg2``: and two optimizer updates per rollout batch (TRL's
+  ``steps_per_generation=2``; the paper's batch 128 / mini-batch 64): an algorithm change, measured
+  only to show whether it pays;
+- ``full_nogc_len16_2threads``: one run on two threads (the units run as two one-thread processes).
+
+Eval rows time ``mini.evaluate_policy`` (16 samples of each of the 200 + 200 test problems, then
+entropy, KL and top-K overlap on held-out text) on the SFT seed-0 initialiser: ``committed`` (its
+LoRA adapter on the base, 32 new tokens, 512 sequences per ``generate`` call), ``merged`` (the same
+weights merged into a plain model, as full fine-tuning has them), ``merged_len16``, and
+``merged_len16_batch1024``.
+
+Each row is a fresh process (one process for all with ``--tiny``; ``--repeats`` times, the configurations taking turns so that a
+change of the machine's load hits them alike); step time is the median over the steps after
+``--warmup``; a row's figure is the median over repeats; ``speedup`` = the committed row's seconds
+per completion / this row's, from the same run. ``--agreement`` also runs the slowest and the
+fastest full-fine-tuning RL configuration for a few seeds and writes their reward curves
+(``rl_agreement.csv``): the levers must not change what GRPO learns beyond noise.
+
+    python benchmarks/bench_rl.py                 # writes benchmarks/results/rl_step.csv + rl_step_run.json
+    python benchmarks/bench_rl.py --agreement     # also rl_agreement.csv
+    python benchmarks/bench_rl.py --tiny --out scratch/rl_step.csv   # CI-sized, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RL_CONFIGS = {  # name -> levers
+    "committed": {"lora": True, "gc": True, "length": 24},
+    "full": {"lora": False, "gc": True, "length": 24},
+    "full_nogc": {"lora": False, "gc": False, "length": 24},
+    "full_nogc_len16": {"lora": False, "gc": False, "length": 16},
+    "full_nogc_len16_spg2": {"lora": False, "gc": False, "length": 16, "steps_per_generation": 2},
+    "full_nogc_len16_2threads": {"lora": False, "gc": False, "length": 16, "threads": 2},
+}
+EVAL_CONFIGS = {
+    "committed": {"merged": False, "length": 32, "batch": 512},
+    "merged": {"merged": True, "length": 32, "batch": 512},
+    "merged_len16": {"merged": True, "length": 16, "batch": 512},
+    "merged_len16_batch1024": {"merged": True, "length": 16, "batch": 1024},
+}
+COLUMNS = ("part", "config", "status", "s_per_step", "s_per_completion", "completions_per_s", "tokens_per_s",
+           "speedup", "completions_per_update", "repeats", "threads", "load_avg")
+GOALS = {"rl": 3.0, "eval": 2.0}  # issue 12: seconds per completion vs the committed configuration
+
+
+def _setup(tiny: bool, workdir: Path):
+    """The settings, world, base folder and SFT initialiser of the run (tiny: made on the spot)."""
+    from gift_lite import mini
+    from gift_lite.presets import PRESETS
+    from gift_lite.world import build_world
+
+    if not tiny:
+        settings = PRESETS["mini"].mini
+        return settings, build_world(settings.world), ROOT / "data/mini/base", ROOT / "data/mini/adapters/init/sft_betainf_seed0"
+    settings = replace(PRESETS["smoke"].mini, rl=replace(PRESETS["smoke"].mini.rl, per_device_train_batch_size=16))
+    world = build_world(settings.world)
+    base = workdir / "base"
+    if not (base / "config.json").exists():
+        mini.ensure_base(world, settings, base)
+    adapter = workdir / "sft"
+    if not (adapter / "adapter_config.json").exists():
+        mini.train_initialiser(world, settings, base, "sft", float("inf"), 0, adapter)
+    return settings, world, base, adapter
+
+
+def rl_child(name: str, args) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from gift_lite import mini
+    from gift_lite.repro import seed_everything
+    from gift_lite.rl import grpo_config, run_grpo
+    from gift_lite.rewards import countdown_reward_func
+
+    levers = RL_CONFIGS[name]
+    torch.set_num_threads(levers.get("threads", 1))
+    settings, world, base, _ = _setup(args.tiny, Path(args.workdir))
+    policy, tokenizer = mini.load_policy(base, trainable=not levers["lora"])
+    if levers["lora"]:
+        seed_everything(args.seed)
+        policy = mini.add_lora(policy, settings.init.lora)
+    rl = replace(settings.rl, max_steps=args.warmup + args.steps, gradient_checkpointing=levers["gc"],
+                 max_completion_length=levers["length"] if not args.tiny else min(levers["length"], 16))
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        config = grpo_config(rl, scratch, seed=args.seed, disable_tqdm=True, use_cpu=True,
+                             steps_per_generation=levers.get("steps_per_generation", 1))
+        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
+                           callbacks=[Timer()])
+    logs = [log for log in trainer.state.log_history if "reward" in log]
+    lengths = [log["completions/mean_length"] for log in logs[args.warmup:]]
+    step = statistics.median(times[args.warmup:])
+    per_update = rl.per_device_train_batch_size
+    return {"s_per_step": step, "s_per_completion": step / per_update, "completions_per_update": per_update,
+            "tokens_per_s": statistics.mean(lengths) * per_update / step,
+            "rewards": [log["reward"] for log in logs], "threads": torch.get_num_threads()}
+
+
+def eval_child(name: str, args) -> dict:
+    import torch
+
+    from gift_lite import mini
+
+    levers = EVAL_CONFIGS[name]
+    torch.set_num_threads(1)
+    settings, world, base, adapter = _setup(args.tiny, Path(args.workdir))
+    policy, tokenizer = mini.load_policy(base, adapter)
+    base_model = None
+    if levers["merged"]:
+        policy, base_model = policy.merge_and_unload().eval(), mini.load_policy(base)[0]
+    evaluation = replace(settings.eval, max_new_tokens=levers["length"], batch_size=levers["batch"])
+    start = time.perf_counter()
+    mini.evaluate_policy(policy, tokenizer, world, evaluation, seed=0, base_model=base_model)
+    wall = time.perf_counter() - start
+    completions = (len(world.id_test) + len(world.ood_test)) * evaluation.num_samples
+    return {"s_per_step": wall, "s_per_completion": wall / completions, "completions_per_update": None,
+            "tokens_per_s": None, "threads": 1}
+
+
+def run_child(part: str, name: str, args) -> dict:
+    """One configuration in a fresh process (in this one with ``--tiny``); a failure becomes a row
+    with its status."""
+    if args.tiny:
+        try:
+            return {"status": "ok", **(rl_child if part == "rl" else eval_child)(name, args)}
+        except Exception as err:  # noqa: BLE001 - the row records it
+            return {"status": f"error: {type(err).__name__}: {err}"[:200]}
+    cmd = [sys.executable, __file__, "--child", f"{part}:{name}", "--steps", str(args.steps), "--warmup",
+           str(args.warmup), "--seed", str(args.seed), "--workdir", args.workdir] + (["--tiny"] if args.tiny else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+    if done.returncode != 0:
+        return {"status": "error: " + (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
+    return {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def summarise(part: str, name: str, runs: list[dict], committed: float | None) -> dict:
+    ok = [r for r in runs if r["status"] == "ok"]
+    row = {"part": part, "config": name, "status": "ok" if len(ok) == len(runs) else runs[-1]["status"],
+           "repeats": len(ok), "load_avg": round(os.getloadavg()[0], 2)}
+    if ok:
+        per = statistics.median(r["s_per_completion"] for r in ok)
+        tokens = [r["tokens_per_s"] for r in ok if r["tokens_per_s"] is not None]
+        row.update(s_per_step=statistics.median(r["s_per_step"] for r in ok), s_per_completion=per,
+                   completions_per_s=1 / per, tokens_per_s=statistics.median(tokens) if tokens else None,
+                   completions_per_update=ok[0]["completions_per_update"], threads=ok[0]["threads"],
+                   speedup=committed / per if committed else None)
+    return row
+
+
+def agreement(args) -> list[dict]:
+    """Reward curves of the slowest and the fastest full-fine-tuning configuration, seed by seed."""
+    rows = []
+    for seed in range(args.agreement_seeds):
+        for name in ("full", "full_nogc_len16"):
+            seeded = argparse.Namespace(**{**vars(args), "seed": seed, "warmup": 0, "steps": args.agreement_steps})
+            result = run_child("rl", name, seeded)
+            for step, reward in enumerate(result.get("rewards", []), start=1):
+                rows.append({"config": name, "seed": seed, "step": step, "reward": reward})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rl-configs", default=",".join(RL_CONFIGS))
+    parser.add_argument("--eval-configs", default=",".join(EVAL_CONFIGS))
+    parser.add_argument("--steps", type=int, default=8, help="timed GRPO steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the median")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration, taking turns")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agreement", action="store_true", help="also write rl_agreement.csv")
+    parser.add_argument("--agreement-seeds", type=int, default=3)
+    parser.add_argument("--agreement-steps", type=int, default=40)
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per child process")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step.csv"))
+    parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny", action="store_true", help="CI size: a smoke world and base made on the spot")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("steps", "repeats", "agreement_seeds", "agreement_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+    if args.child:
+        part, name = args.child.split(":")
+        result = (rl_child if part == "rl" else eval_child)(name, args)
+        print(json.dumps(result))
+        return 0
+    from gift_lite.results import write_csv, write_run_json
+    import pandas as pd
+
+    parts = [("rl", n) for n in args.rl_configs.split(",") if n] + [("eval", n) for n in args.eval_configs.split(",") if n]
+    unknown = [n for p, n in parts if n not in (RL_CONFIGS if p == "rl" else EVAL_CONFIGS)]
+    if unknown:
+        raise SystemExit(f"unknown configurations {unknown}; known: rl {list(RL_CONFIGS)}, eval {list(EVAL_CONFIGS)}")
+    with tempfile.TemporaryDirectory() as workdir:
+        args.workdir = args.workdir or workdir
+        if args.tiny:  # make the tiny base and initialiser once, outside the timed children
+            _setup(True, Path(args.workdir))
+        load_before = os.getloadavg()
+        runs: dict[tuple[str, str], list[dict]] = {p: [] for p in parts}
+        for _ in range(args.repeats):
+            for part in parts:
+                runs[part].append(run_child(*part, args))
+        rows = []
+        for part in ("rl", "eval"):
+            base = summarise(part, "committed", runs[(part, "committed")], None) if (part, "committed") in runs else {}
+            for p in [p for p in parts if p[0] == part]:
+                rows.append(summarise(*p, runs[p], base.get("s_per_completion")))
+        agree = agreement(args) if args.agreement else []
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    write_csv(args.out, frame)
+    if agree:
+        write_csv(Path(args.out).with_name("rl_agreement.csv"), pd.DataFrame(agree))
+    write_run_json(Path(args.out).with_name(Path(args.out).stem + "_run.json"),
+                   {**{k: v for k, v in vars(args).items() if k not in ("child", "workdir")},
+                    "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "goals": GOALS})
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for part, goal in GOALS.items():
+        best = frame[(frame["part"] == part) & frame["speedup"].notna()]
+        if len(best):
+            print(f"{part}: best speedup {best['speedup'].max():.2f}x (goal {goal:g}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
