@@ -52,16 +52,17 @@ def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOCon
 
 
 def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
-             resume_from_checkpoint: str | None = None) -> GRPOTrainer:
+             resume_from_checkpoint: str | None = None, callbacks: list | None = None) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
+    ``callbacks``: extra ``TrainerCallback``s (e.g. a step timer in benchmarks/gpu_check.py).
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
     trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, callbacks=callbacks)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
