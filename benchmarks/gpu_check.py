@@ -38,6 +38,16 @@ under ``scratch/gpu_check/``; it refuses to write into ``benchmarks/results/``. 
 without ``--dry-run`` the script stops at once. The check never imports papermill or math-verify
 (absent on the GPU machine's image): both are blocked in every process of it.
 
+To a GPU machine without network whose image has torch, transformers, peft and accelerate but no
+trl, bitsandbytes or datasets (python 3.12): ``gpu_carry.sh`` downloads those wheels (and dill,
+multiprocess) into the ignored ``.wheels/``, 9 MB with bitsandbytes cut to its CPU and CUDA 13
+libraries, so they travel beside the whole working tree (42 MB tracked, 37 MB of it ``data/``)
+within a 64 MiB limit; with ``--full`` (45 MB) leave ``data/`` and ``figures/`` behind: the check
+reads no committed file, only ``gift_lite/``, ``benchmarks/`` and ``pyproject.toml``. There
+``gpu_run.sh`` installs the wheels with ``pip --no-index --no-deps --target``, prints the versions
+that run, and runs this script; the run JSONs record them too. Eight files at most come back from
+such a machine: the three CSVs, their run JSONs and a log fit.
+
     python benchmarks/gpu_check.py                # one GPU: <= 8 min; writes benchmarks/results/gpu_*
     python benchmarks/gpu_check.py --dry-run      # CPU, seconds; writes scratch/gpu_check/
     bash benchmarks/gpu_carry.sh                  # here: the wheels the GPU machine lacks, into .wheels/
@@ -46,8 +56,10 @@ without ``--dry-run`` the script stops at once. The check never imports papermil
 
 from __future__ import annotations
 
+import os
 import sys
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub, ever: the GPU machine has no network
 NOT_ON_DEVICE = ("papermill", "math_verify")  # absent on the GPU machine: importing them must fail here too
 for _name in NOT_ON_DEVICE:
     sys.modules.setdefault(_name, None)  # None in sys.modules: `import` raises, find_spec says absent
@@ -55,8 +67,6 @@ for _name in NOT_ON_DEVICE:
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402

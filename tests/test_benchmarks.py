@@ -1,7 +1,8 @@
-"""The loss benchmark runs end to end at CI size and writes a well-formed CSV."""
+"""The benchmarks run end to end at CI size and write well-formed CSVs (the GPU check: its CPU dry run)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,9 @@ def test_gpu_check_refuses_committed_results_and_bad_input(tmp_path):
     done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--models", "qwen9b"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "qwen9b" in done.stderr
+
+
+def test_gpu_run_says_when_the_wheels_are_missing(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "WHEELS": str(tmp_path / "none")})
+    assert done.returncode == 1 and "run benchmarks/gpu_carry.sh first" in done.stderr
