@@ -45,7 +45,8 @@ libraries, so they travel beside the whole working tree (42 MB tracked, 37 MB of
 within a 64 MiB limit; with ``--full`` (45 MB) leave ``data/`` and ``figures/`` behind: the check
 reads no committed file, only ``gift_lite/``, ``benchmarks/`` and ``pyproject.toml``. There
 ``gpu_run.sh`` installs the wheels with ``pip --no-index --no-deps --target``, prints the versions
-that run, and runs this script; the run JSONs record them too. Eight files at most come back from
+that run and any carried package's unmet requirement (``gpu_preflight.py``), and runs this script;
+the run JSONs record the versions too. Eight files at most come back from
 such a machine: the three CSVs, their run JSONs and a log fit.
 
     python benchmarks/gpu_check.py                # one GPU: <= 8 min; writes benchmarks/results/gpu_*
@@ -197,7 +198,7 @@ def model_dir(work: Path, name: str, seed: int) -> Path:
     from gift_lite.world import set_special_tokens
 
     folder = work / name
-    if (folder / "config.json").exists() and (folder / "tokenizer.json").exists():
+    if (folder / "parameters.txt").exists():  # written last: a folder a killed child left half-saved is rebuilt
         return folder
     shape = SHAPES[name]
     tokenizer = word_tokenizer(shape["vocab_size"])
@@ -223,15 +224,17 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load_model(folder: Path, settings, seed: int):
-    """NF4 base + fresh LoRA adapters (``models.load_qlora``), as ``real.train_initialiser`` builds them."""
+def load_model(folder: Path, run, seed: int, *, input_grads: bool):
+    """NF4 base + fresh LoRA adapters (``models.load_qlora``), as ``real.train_initialiser`` and
+    ``real.run_rl_unit`` build them; ``input_grads``: what the initialiser adds for checkpointing
+    (TRL's GRPOTrainer does it itself)."""
     from gift_lite.models import load_qlora
     from gift_lite.real import compute_dtype, load_tokenizer
     from gift_lite.repro import seed_everything
 
     seed_everything(seed)  # the LoRA initialisation draws from the global RNG
-    model = load_qlora(folder, settings.init.lora, dtype=compute_dtype())
-    if settings.init.gradient_checkpointing:
+    model = load_qlora(folder, run.init.lora, dtype=compute_dtype())
+    if input_grads and run.init.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed LoRA on a frozen NF4 base needs input grads
     return model, load_tokenizer(str(folder))
 
@@ -308,7 +311,7 @@ def step_job(folder: Path, method: str, args, work: Path) -> dict:
     memory = reset_peak()
     before_load = memory_now(memory)
     start = time.perf_counter()
-    model, tokenizer = load_model(folder, run, args.seed)
+    model, tokenizer = load_model(folder, run, args.seed, input_grads=True)
     n_rows = init.per_device_train_batch_size * init.gradient_accumulation_steps * args.steps
     prompt_len = min(args.prompt_len, init.max_length // 4)
     rows = sft_rows(n_rows, init.max_length - 1, prompt_len, model.config.vocab_size, args.seed)
@@ -364,19 +367,19 @@ def grpo_job(folder: Path, args, work: Path) -> dict:
     rl, accum = run.rl, run.rl_gradient_accumulation_steps
     memory = reset_peak()
     before_load = memory_now(memory)
-    policy, tokenizer = load_model(folder, run, args.seed)
+    policy, tokenizer = load_model(folder, run, args.seed, input_grads=False)
     completions_per_step = rl.per_device_train_batch_size * accum
     rng = random.Random(args.seed)
     prompt_len = 8 if args.dry_run else args.rl_prompt_len
     n_prompts = completions_per_step // rl.num_generations * rl.max_steps
     prompts = Dataset.from_list([{"prompt": words(rng, prompt_len, policy.config.vocab_size)}
                                  for _ in range(n_prompts)])
-    generated: list[int] = []  # new tokens per reward call (one call per generation batch)
+    generated: list[tuple[int, int]] = []  # (completions, new tokens) per reward call: one per generation batch
 
     def length_parity_reward(completions, completion_ids=None, **_):
         """Counts the generated tokens; the reward only needs to vary within a group."""
         ids = completion_ids if completion_ids is not None else tokenizer(completions)["input_ids"]
-        generated.append(sum(len(x) for x in ids))
+        generated.append((len(ids), sum(len(x) for x in ids)))
         return [float(len(x) % 2) for x in ids]
 
     timer = step_timer()
@@ -387,11 +390,12 @@ def grpo_job(folder: Path, args, work: Path) -> dict:
         peak = memory_peak(memory)
     timed = timer.times[args.warmup:] or timer.times
     # one generation batch per optimizer step (TRL's steps_per_generation = gradient accumulation)
-    tokens = generated[args.warmup:] if len(generated) == len(timer.times) else generated
-    seconds = sum(timed) if len(generated) == len(timer.times) else sum(timer.times)
+    per_step = len(generated) == len(timer.times)
+    tokens = sum(n for _, n in (generated[args.warmup:] if per_step else generated))
+    seconds = sum(timed) if per_step else sum(timer.times)
     row = {"params_m": parameter_millions(folder), "step_s": statistics.median(timed),
-           "generated_tokens_per_s": sum(tokens) / seconds, "completions_per_step": completions_per_step,
-           "mean_completion_len": sum(generated) / (len(generated) * completions_per_step),
+           "generated_tokens_per_s": tokens / seconds, "completions_per_step": completions_per_step,
+           "mean_completion_len": sum(n for _, n in generated) / sum(c for c, _ in generated),
            "max_completion_length": rl.max_completion_length, "num_generations": rl.num_generations,
            "batch_size": rl.per_device_train_batch_size, "grad_accum": accum, "prompt_len": prompt_len,
            "steps_timed": len(timed), "peak_mib": (peak - before_load) / 2 ** 20,

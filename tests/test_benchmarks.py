@@ -123,3 +123,14 @@ def test_gpu_run_says_when_the_wheels_are_missing(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, env={**os.environ, "WHEELS": str(tmp_path / "none")})
     assert done.returncode == 1 and "run benchmarks/gpu_carry.sh first" in done.stderr
+
+
+def test_gpu_preflight_names_an_unmet_requirement(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_preflight
+
+    assert gpu_preflight.unmet("datasets") == []  # this environment installs datasets' own needs
+    real_version = gpu_preflight.version
+    monkeypatch.setattr(gpu_preflight, "version", lambda name: "1.0" if name == "pyarrow" else real_version(name))
+    assert any(line.startswith("warning: datasets needs pyarrow") and line.endswith("found 1.0")
+               for line in gpu_preflight.unmet("datasets"))
