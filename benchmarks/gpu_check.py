@@ -496,17 +496,19 @@ def run_children(args, work: Path, deadline: float) -> tuple[list[dict], list[di
         if left < MIN_SECTION_S:
             status = "skipped: time budget"
         else:
+            print(f"[gpu_check] {name}: start, {left:.0f} s of the budget left", file=sys.stderr, flush=True)
             log = work / "child.log"
             with log.open("w") as err:
                 try:
                     done = subprocess.run(child_command(group, args, work, deadline), stdout=err, stderr=err,
                                           timeout=left, cwd=ROOT)
                     if done.returncode:
-                        status = f"failed: child exit {done.returncode}: {tail(log, 1)}"
+                        status = f"failed: child exit {done.returncode}: {tail(log, 1)[-300:]}"
                 except subprocess.TimeoutExpired:
                     status = f"failed: killed at the time budget ({args.budget_s} s)"
-            if status:
-                print(f"--- {name}: {status}\n{tail(log, 40)}", file=sys.stderr)
+            if status or not args.dry_run:  # on a GPU its log too: that run may be the only one
+                print(f"--- {name}: {status or 'ok'}; its log:\n{tail(log, 400 if status else 60)}",
+                      file=sys.stderr, flush=True)
         seconds[name] = round(time.time() - start, 1)
         got = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.exists() else []
         records += got
@@ -524,7 +526,7 @@ def tail(path: Path, lines: int) -> str:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return "\n".join(text[-lines:])[-2000:]
+    return "\n".join(text[-lines:])[-20000:]
 
 
 # kind -> (columns that name a comparison group, the method compared against, {column: ratio column})
