@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 PRESET ?= mini
 
-.PHONY: setup test test-fast reproduce lab bench clean-scratch
+.PHONY: setup test test-fast reproduce lab bench gpu-carry clean-scratch
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_loss.py
+
+# Wheels a GPU machine without network needs for benchmarks/gpu_check.py, into .wheels/ (gpu_carry.sh says which)
+gpu-carry:
+	bash benchmarks/gpu_carry.sh
 
 clean-scratch:
 	rm -rf scratch/

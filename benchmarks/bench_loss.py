@@ -75,7 +75,7 @@ def official(h, ref_h, w, labels):
         mixed_ref_probs = (1 - SMOOTH_LAMBDA) * ref_probs + SMOOTH_LAMBDA * (1.0 / vocab)
         log_p_ref = torch.log(mixed_ref_probs + 1e-10)
         target_logits = log_p_ref.clone()
-        gain = torch.tensor(BETA, dtype=target_logits.dtype).expand(labels.shape[0], 1)
+        gain = torch.tensor(BETA, dtype=target_logits.dtype, device=labels.device).expand(labels.shape[0], 1)
         target_logits.scatter_add_(1, labels.unsqueeze(1), gain)
         target_probs = F.softmax(target_logits, dim=-1)
     student_log_probs = F.log_softmax(student_logits, dim=-1)
@@ -114,17 +114,31 @@ def matmul_floor(h, ref_h, w, labels, chunk_size=None):
 
 
 # -- child: one method, one size ----------------------------------------------------------------
+def make_inputs(n: int, vocab: int, dim: int, seed: int, device: str = "cpu", dtype=torch.float32):
+    """Hidden ``(N, D)`` (trainable), reference hidden ``(N, D)``, head ``(V, D)`` (trainable) and
+    labels ``(N,)``: every token trained. Drawn in fp32 on the CPU, so a seed gives the same
+    numbers on every device and dtype."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, dim, generator=gen)
+    ref_h = torch.randn(n, dim, generator=gen)
+    w = torch.randn(vocab, dim, generator=gen) / dim ** 0.5
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    h, w = (x.to(device=device, dtype=dtype).requires_grad_() for x in (h, w))
+    return h, ref_h.to(device=device, dtype=dtype), w, labels.to(device)
+
+
+def method_fn(method: str, chunk_size: int):
+    """The forward+backward pass of ``method`` as ``fn(h, ref_h, w, labels)``."""
+    return {"official": official, "gift_loss": gift_from_logits, "cross_entropy": cross_entropy,
+            "matmul_floor": lambda *a: matmul_floor(*a, chunk_size or None),
+            "fused": lambda *a: fused(*a, chunk_size)}[method]
+
+
 def run_child(method: str, n: int, vocab: int, dim: int, repeats: int, chunk_size: int,
               seed: int, mode: str) -> dict:
     """``mode="time"``: median of ``repeats`` passes; ``"memory"``: peak RSS growth over two."""
-    torch.manual_seed(seed)
-    h = torch.randn(n, dim, requires_grad=True)
-    ref_h = torch.randn(n, dim)
-    w = (torch.randn(vocab, dim) / dim ** 0.5).requires_grad_()
-    labels = torch.randint(0, vocab, (n,))
-    fn = {"official": official, "gift_loss": gift_from_logits, "cross_entropy": cross_entropy,
-          "matmul_floor": lambda *a: matmul_floor(*a, chunk_size or None),
-          "fused": lambda *a: fused(*a, chunk_size)}[method]
+    h, ref_h, w, labels = make_inputs(n, vocab, dim, seed)
+    fn = method_fn(method, chunk_size)
     if mode == "memory":
         memory_method = "VmHWM after clear_refs" if reset_rss_peak() else "ru_maxrss"
         baseline_kib = rss_kib("VmRSS") or 0

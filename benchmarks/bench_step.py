@@ -47,13 +47,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import reset_rss_peak, rss_kib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from memtools import memory_now, memory_peak, reset_peak, step_timer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("sft", "gift_logits", "gift_live", "gift_cached", "gift_topk")
 ADAPTERS = ("lora", "qlora")
@@ -91,62 +90,17 @@ def synthetic_rows(n: int, prompt_len: int, completion_len: int, seed: int) -> l
 
 
 # -- child: one (model, adapter, method) ------------------------------------------------------
-def _reset_peak() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return "cuda max_memory_allocated"
-    return "VmHWM after clear_refs" if reset_rss_peak() else "ru_maxrss"
-
-
-def _peak_mib(method: str, baseline: float) -> float:
-    import resource
-
-    import torch
-
-    if method.startswith("cuda"):
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - baseline) / 2 ** 20
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if method == "ru_maxrss" else rss_kib("VmHWM")
-    return ((kib or 0) * 1024 - baseline) / 2 ** 20
-
-
-def _baseline(method: str) -> float:
-    import torch
-
-    if method.startswith("cuda"):
-        return float(torch.cuda.memory_allocated())
-    return float((rss_kib("VmRSS") or 0) * 1024)
-
-
 def run_one(model_name: str, adapter: str, method: str, args) -> dict:
     """Train one configuration; returns one row (without the status)."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback, TrainerCallback
+    from transformers import PrinterCallback
 
     from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_qlora, tiny_qwen2
     from gift_lite.trainer import GIFTConfig, GIFTTrainer
     from gift_lite.world import build_tokenizer, set_special_tokens
 
     cuda = torch.cuda.is_available()
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], None
-
-        def on_step_begin(self, *_, **__):
-            if cuda:
-                torch.cuda.synchronize()
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            if cuda:
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self.start)
-
     tokenizer = build_tokenizer()
     shape = TinyModelConfig(**MODELS[model_name])
     rows = synthetic_rows(args.rows, args.prompt_len, args.completion_len, args.seed)
@@ -169,12 +123,12 @@ def run_one(model_name: str, adapter: str, method: str, args) -> dict:
         trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
-        timer = StepTimer()
+        timer = step_timer()
         trainer.add_callback(timer)
-        memory_method = _reset_peak()
-        baseline = _baseline(memory_method)
+        memory_method = reset_peak()
+        baseline = memory_now(memory_method)
         trainer.train()
-        peak = _peak_mib(memory_method, baseline)
+        peak = (memory_peak(memory_method) - baseline) / 2 ** 20
         tv = float("nan")
         if method == "gift_topk":
             tv = _topk_error(trainer, topk)

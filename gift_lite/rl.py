@@ -59,7 +59,7 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
-    ``callbacks``: extra ``TrainerCallback``s (e.g. ``mini.ValidationCurve``).
+    ``callbacks``: extra ``TrainerCallback``s (``mini.ValidationCurve``, benchmark step timers).
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")

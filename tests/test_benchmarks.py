@@ -1,7 +1,8 @@
-"""The loss benchmark runs end to end at CI size and writes a well-formed CSV."""
+"""The benchmarks run end to end at CI size and write well-formed CSVs (the GPU check: its CPU dry run)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,80 @@ def test_bench_rl_tiny_writes_csv_and_run_json(tmp_path):
     run = json.loads(out.with_name("rl_step_run.json").read_text())
     assert run["config"]["tiny"] is True and "goals" in run["config"]
     assert "rl: best speedup" in done.stdout
+
+
+GPU_SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+GPU_COLUMNS = {
+    "loss": ["n_tokens", "vocab", "hidden", "dtype", "method", "chunk_size", "status", "peak_mib", "time_s",
+             "peak_vs_official", "time_vs_official", "repeats", "device", "memory_method"],
+    "step": ["model", "params_m", "method", "status", "step_s", "tokens_per_s", "peak_mib", "train_peak_mib",
+             "step_vs_sft", "peak_vs_sft", "cache_build_s", "train_loss", "load_s", "steps_timed", "seq_len",
+             "batch_size", "grad_accum", "tokens_per_step", "gradient_checkpointing", "dtype", "device",
+             "memory_method"],
+    "grpo": ["model", "params_m", "status", "step_s", "generated_tokens_per_s", "completions_per_step",
+             "mean_completion_len", "max_completion_length", "num_generations", "batch_size", "grad_accum",
+             "prompt_len", "steps_timed", "peak_mib", "device", "memory_method"],
+}
+GPU_FINITE = {"loss": ["peak_mib", "time_s"], "step": ["step_s", "tokens_per_s", "peak_mib", "train_loss"],
+              "grpo": ["step_s", "generated_tokens_per_s", "mean_completion_len", "peak_mib"]}
+
+
+def _finite(frame, columns):
+    for column in columns:
+        assert all(math.isfinite(v) for v in frame[column]), (column, frame[column].tolist())
+
+
+def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    """The GPU check's code path on CPU at tiny shapes: every section runs and writes its CSV."""
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--out-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    frames = {kind: pd.read_csv(tmp_path / f"gpu_{kind}.csv") for kind in GPU_COLUMNS}
+    for kind, frame in frames.items():
+        assert list(frame.columns) == GPU_COLUMNS[kind]
+        assert (frame["status"] == "ok").all(), (kind, frame["status"].tolist())
+        _finite(frame, GPU_FINITE[kind])
+        run = json.loads((tmp_path / f"gpu_{kind}_run.json").read_text())
+        assert run["config"]["dry_run"] is True and run["config"]["section"] == kind
+        assert run["config"]["loaded_not_on_device"] == []  # no papermill, no math-verify
+        assert "transformers" in run["versions"] and "device" in run
+    loss, step, grpo = frames["loss"], frames["step"], frames["grpo"]
+    assert set(loss["method"]) == {"official", "gift_loss", "fused", "cross_entropy"}
+    assert set(loss["dtype"]) == {"float32", "bfloat16"} and (loss["time_s"] > 0).all()
+    assert set(step["method"]) == {"sft", "gift_live", "gift_cached", "gift_topk"}
+    assert (step["step_s"] > 0).all() and (step["tokens_per_step"] == step["seq_len"] * step["grad_accum"]).all()
+    assert (step["seq_len"] == 47).all()  # the dry run's max_length 48, less one: TRL cut nothing
+    assert step.loc[step["method"] == "sft", "step_vs_sft"].tolist() == [1.0]
+    _finite(step, ["step_vs_sft", "peak_vs_sft"])
+    assert step.loc[step["method"].isin(["gift_cached", "gift_topk"]), "cache_build_s"].gt(0).all()
+    assert (grpo["generated_tokens_per_s"] > 0).all() and (grpo["mean_completion_len"] <= 8).all()
+    assert "goals are judged on CUDA only" in done.stdout
+
+
+def test_gpu_check_refuses_committed_results_and_bad_input(tmp_path):
+    committed = ROOT / "benchmarks" / "results"
+    before = sorted(p.name for p in committed.iterdir())
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--out-dir", str(committed)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "holds committed results" in done.stderr
+    assert sorted(p.name for p in committed.iterdir()) == before
+    done = subprocess.run([sys.executable, str(GPU_SCRIPT), "--dry-run", "--models", "qwen9b"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "qwen9b" in done.stderr
+
+
+def test_gpu_run_says_when_the_wheels_are_missing(tmp_path):
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env={**os.environ, "WHEELS": str(tmp_path / "none")})
+    assert done.returncode == 1 and "run benchmarks/gpu_carry.sh first" in done.stderr
+
+
+def test_gpu_preflight_names_an_unmet_requirement(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_preflight
+
+    assert gpu_preflight.unmet("datasets") == []  # this environment installs datasets' own needs
+    real_version = gpu_preflight.version
+    monkeypatch.setattr(gpu_preflight, "version", lambda name: "1.0" if name == "pyarrow" else real_version(name))
+    assert any(line.startswith("warning: datasets needs pyarrow") and line.endswith("found 1.0")
+               for line in gpu_preflight.unmet("datasets"))
