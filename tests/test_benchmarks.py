@@ -56,3 +56,15 @@ def test_bench_step_tiny_writes_csv_and_run_json(tmp_path):
     run = json.loads(out.with_name("step_run.json").read_text())
     assert run["config"]["tiny"] is True and "load_average_before" in run["config"]
     assert "step time vs sft" in done.stdout
+
+
+def test_bench_loss_precision_compares_the_value_with_float64(tmp_path):
+    out = tmp_path / "loss.csv"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--precision", "--sizes", "64x4096x16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "loss_precision.csv").set_index("method")
+    assert set(frame.index) == {"fused", "official", "fused_single_bmm"}
+    assert frame["float64_value"].nunique() == 1 and (frame["value"] > 0).all()
+    assert frame.loc["fused", "rel_error"] <= 1e-5
+    assert json.loads((tmp_path / "loss_precision_run.json").read_text())["config"]["sizes"] == "64x4096x16"
