@@ -179,7 +179,9 @@ class GIFTTrainer(SFTTrainer):
     ``__init__`` also counts the rows TRL's preparation cut to ``max_length`` or dropped
     (``length_report``) and warns about them with a ``TruncationWarning``: TRL does it silently.
     On a quantized (QLoRA) model it keeps the adapters in fp32, where TRL casts them to bf16
-    (``_adapters_to_fp32``).
+    (``_adapters_to_fp32``). Evaluation logs ``eval_ce``, the one-hot cross-entropy, for every
+    loss (``_log_eval_ce``); ``official_grad_accumulation`` sums micro-batch gradients as the
+    official trainer does (``_official_scaling``).
     """
 
     # Our losses are means over the micro-batch's response tokens (as in the official code), so
