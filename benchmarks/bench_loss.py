@@ -27,6 +27,13 @@ shared machine move with its load: the run JSON records the load average before 
     python benchmarks/bench_loss.py                       # default sizes
     python benchmarks/bench_loss.py --sizes 4096x32000x256 --chunk-sizes 256,1024
     python benchmarks/bench_loss.py --tiny --out scratch/loss.csv   # CI-sized
+    python benchmarks/bench_loss.py --precision --sizes 4096x152064x256   # the value vs float64
+
+``--precision`` times nothing: on the same inputs (all on CPU, in this process) it computes the
+loss value of ``fused_gift_loss``, of the official formula (fp32, as the official code runs it,
+chunk by chunk since each token's loss is its own row), and of ``fused_gift_loss`` with one
+``bmm`` per row for ``<target, logits>`` (``ROWDOT_BLOCK = V``, the former code), each against
+the official formula evaluated in float64, and writes ``loss_precision.csv``.
 """
 
 from __future__ import annotations
@@ -155,6 +162,52 @@ def run_child(method: str, n: int, vocab: int, dim: int, repeats: int, chunk_siz
     return {"peak_mib": (peak_kib - baseline_kib) / 1024, "memory_method": memory_method}
 
 
+# -- precision: the loss value against float64 ----------------------------------------------------
+PRECISION_COLUMNS = ("n_tokens", "vocab", "hidden", "method", "value", "float64_value", "rel_error")
+PRECISION_CHUNK = 256  # tokens per chunk of the official / float64 evaluation (memory, ours)
+
+
+def make_inputs(n: int, vocab: int, dim: int, seed: int):
+    """The benchmark's inputs: hidden and reference hidden ``(n, D)``, head ``(V, D)``, labels ``(n,)``."""
+    torch.manual_seed(seed)
+    h = torch.randn(n, dim, requires_grad=True)
+    ref_h = torch.randn(n, dim)
+    w = (torch.randn(vocab, dim) / dim ** 0.5).requires_grad_()
+    labels = torch.randint(0, vocab, (n,))
+    return h, ref_h, w, labels
+
+
+@torch.no_grad()
+def official_value(h, ref_h, w, labels, dtype) -> float:
+    """The official formula's mean loss in ``dtype``, chunk by chunk over tokens."""
+    total = torch.zeros((), dtype=dtype)
+    for start in range(0, h.shape[0], PRECISION_CHUNK):
+        rows = slice(start, start + PRECISION_CHUNK)
+        student = h[rows].to(dtype) @ w.to(dtype).T
+        p = F.softmax(ref_h[rows].to(dtype) @ w.to(dtype).T, dim=-1)
+        target_logits = torch.log((1 - SMOOTH_LAMBDA) * p + SMOOTH_LAMBDA / w.shape[0] + 1e-10)
+        y = labels[rows].unsqueeze(1)
+        target_logits.scatter_add_(1, y, torch.full(y.shape, BETA, dtype=dtype))
+        total += -(F.softmax(target_logits, dim=-1) * F.log_softmax(student, dim=-1)).sum()
+    return float(total / h.shape[0])
+
+
+@torch.no_grad()
+def precision_rows(size, seed: int) -> list[dict]:
+    h, ref_h, w, labels = make_inputs(*size, seed)
+    reference = official_value(h, ref_h, w, labels, torch.float64)
+    values = {"fused": float(losses.fused_gift_loss(h, ref_h, w, labels, beta=BETA)),
+              "official": official_value(h, ref_h, w, labels, torch.float32)}
+    block, losses.ROWDOT_BLOCK = losses.ROWDOT_BLOCK, size[1]
+    try:
+        values["fused_single_bmm"] = float(losses.fused_gift_loss(h, ref_h, w, labels, beta=BETA))
+    finally:
+        losses.ROWDOT_BLOCK = block
+    n, vocab, dim = size
+    return [{"n_tokens": n, "vocab": vocab, "hidden": dim, "method": m, "value": v, "float64_value": reference,
+             "rel_error": abs(v - reference) / abs(reference)} for m, v in values.items()]
+
+
 # -- parent: sizes x methods, each in a fresh process ---------------------------------------------
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     sizes = []
@@ -234,6 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss.csv"))
     parser.add_argument("--tiny", action="store_true",
                         help=f"CI-sized: --sizes {TINY_SIZES} --repeats 1 --chunk-sizes 64")
+    parser.add_argument("--precision", action="store_true",
+                        help="the loss value vs a float64 reference instead of time and memory")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -251,6 +306,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from gift_lite.results import write_csv, write_run_json
+
+    if args.precision:
+        return run_precision(sizes, args, pd, write_csv, write_run_json)
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -272,6 +330,22 @@ def main(argv=None) -> int:
     print("\n".join(ratio_lines(frame)))
     print(f"load average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores; wrote {args.out}")
+    return 0
+
+
+def run_precision(sizes, args, pd, write_csv, write_run_json) -> int:
+    """``--precision``: one row per (size, method) in ``loss_precision.csv`` beside ``--out``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frame = pd.DataFrame([row for size in sizes for row in precision_rows(size, args.seed)],
+                         columns=PRECISION_COLUMNS)
+    out = Path(args.out).with_name("loss_precision.csv")
+    write_csv(out, frame)
+    write_run_json(out.with_name("loss_precision_run.json"),
+                   {"sizes": args.sizes, "seed": args.seed, "beta": BETA, "rowdot_block": losses.ROWDOT_BLOCK,
+                    "chunk_size": losses.CHUNK_SIZE, "threads": args.threads})
+    print(frame.to_string(index=False, formatters={"rel_error": "{:.1e}".format}))
+    print(f"wrote {out}")
     return 0
 
 

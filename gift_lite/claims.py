@@ -20,12 +20,15 @@ from gift_lite.tables import INF, seed_stats
 
 Z = 2.0  # ours: about a 95 % two-sided band for a difference of means
 
+# With the caveats of FACTS.md §3-6 (data/paper_reported.csv, column ``caveat``).
 PAPER_EVIDENCE = {
     1: "SFT lowers entropy and pass@k at large k and moves further from the base (KL, top-K overlap); "
-       "GIFT stays closer (reported: Qwen2.5-7B pass@8 before RL +3.8 points over SFT).",
-    2: "Before RL GIFT is about equal to SFT in pass@1 (reported 38.92 vs 39.79); after GRPO it is better "
-       "(reported in-distribution averages: Qwen 52.43 vs best baseline 50.76; Llama 35.60 vs 30.21).",
-    3: "GIFT forgets less out of distribution (reported OOD averages: Qwen 64.10 vs SFT 59.78; "
+       "GIFT stays closer (reported: Qwen2.5-7B pass@8 before RL “3.8 %” above SFT, points or relative not "
+       "stated).",
+    2: "Before RL GIFT is about equal to SFT in pass@1 (reported 38.92 vs 39.79; model and average inferred); "
+       "after GRPO it is better (reported in-distribution averages: Qwen 52.43 vs best baseline 50.76; Llama "
+       "35.60 vs 30.21, which may pool AIME columns reported as pass@32).",
+    3: "GIFT forgets less out of distribution (reported OOD averages, stage not stated: Qwen 64.10 vs SFT 59.78; "
        "Llama 55.24, best of all methods).",
     4: "The beta ablation over [0, 25] is single-peaked; both ends (base, SFT) are worse.",
 }

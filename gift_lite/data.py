@@ -29,7 +29,8 @@ from typing import Callable
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # The chain-of-thought instruction Qwen2.5-Math is prompted with (QwenLM/Qwen2.5-Math README,
 # "Quick start" CoT system prompt; also quoted at deepwiki.com/QwenLM/Qwen2.5-Math/7-prompt-engineering).
-# Base models get it appended to the question as plain text (no chat template).
+# It follows the question; ``chat_prompt`` then wraps the whole text as the user turn of the
+# tokenizer's chat template when the model has one (as the official code does), else it stays plain.
 CHOICE_INSTRUCTION = ("Please reason step by step, and put the letter of your final answer within "
                       "\\boxed{}.")  # ours: the same instruction, asking for a letter
 LETTERS = "ABCDEFGHIJ"
@@ -48,6 +49,25 @@ def choice_prompt(problem: str, choices: list[str]) -> str:
     return f"{problem.strip()}\n\n{options}\n\n{CHOICE_INSTRUCTION}\n"
 
 
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as the user turn of ``tokenizer``'s chat template, up to the assistant's header.
+
+    As the official code renders prompts (verl's SFT and RL datasets: ``apply_chat_template`` of
+    ``[{"role": "user", "content": prompt}]`` with ``add_generation_prompt=True``, untokenised),
+    for SFT rows, GRPO prompts and evaluation alike. ``text`` unchanged when the tokenizer has no
+    template (the miniature's and the CPU stand-in's). A BOS written by the template is dropped when
+    the tokenizer adds one itself on encoding (Llama 3), so the prompt starts with one BOS, not two.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return text
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text.rstrip()}], tokenize=False,
+                                             add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and rendered.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        rendered = rendered[len(bos):]
+    return rendered
+
+
 @dataclass(frozen=True)
 class Problem:
     """One benchmark row in the schema; ``prompt`` is what the model sees (``evaluate_task`` reads it)."""
@@ -56,9 +76,12 @@ class Problem:
     problem: str
     answer: str
     choices: tuple[str, ...] | None = None
+    rendered: str | None = field(default=None, compare=False)  # the prompt after a chat template, if any
 
     @property
     def prompt(self) -> str:
+        if self.rendered is not None:
+            return self.rendered
         return choice_prompt(self.problem, list(self.choices)) if self.choices else math_prompt(self.problem)
 
     def to_dict(self) -> dict:

@@ -39,7 +39,8 @@ from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers import models as tokenizer_models
 from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
 
-from gift_lite.data import Problem, check_source, load_benchmark, load_rl_prompts, load_sft, split_of
+from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, load_rl_prompts, load_sft,
+                            split_of)
 from gift_lite.evaluate import evaluate_task
 from gift_lite.losses import DEFAULT_BETA, LOSSES
 from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 06)
@@ -101,6 +102,7 @@ class RealSettings:
     method: str = "gift"  # loss_type of the initialiser ("sft" is "gift" at beta = inf)
     beta: float = DEFAULT_BETA  # official default 20
     smooth_lambda: float = 0.0  # official default
+    chat_template: bool = True  # official: prompts through the tokenizer's chat template when it has one
     init: RealInitSettings = RealInitSettings()
     eval: EvalSettings = EvalSettings(num_samples=4, ks=(1, 2, 4), temperature=0.6, max_new_tokens=1024,
                                       batch_size=64)  # paper: 4 samples at T = 0.6 (max 8192 tokens)
@@ -141,7 +143,8 @@ PARAMETERS = {
     "method": Param(str, choices=tuple(sorted(LOSSES))), "beta": Param(float, gt=0, allow_inf=True),
     "init_max_steps": Param(int, ge=1, optional=True), "init_max_length": Param(int, ge=2, optional=True),
     "rl_max_steps": Param(int, ge=1, optional=True), "rl_max_completion_length": Param(int, ge=1, optional=True),
-    "eval_max_new_tokens": Param(int, ge=1, optional=True), "seed": SEED}
+    "eval_max_new_tokens": Param(int, ge=1, optional=True), "chat_template": Param(bool, optional=True),
+    "seed": SEED}
 
 
 def configure(preset: str, **overrides) -> RealSettings:
@@ -274,6 +277,23 @@ class RealData:
     sft_skipped: int  # rows with an empty completion
     rl: list[dict]  # {"prompt", "answer", "id"}
     benchmarks: list[tuple[str, str, list[Problem]]]  # (name, split, problems)
+    templated: bool = False  # prompts already rendered by with_chat_template
+
+
+def with_chat_template(data: RealData, tokenizer, enabled: bool = True) -> RealData:
+    """``data`` with every prompt (SFT, GRPO, benchmarks) rendered by ``data.chat_prompt``.
+
+    The official code feeds base models their tokenizer's chat template (``RealSettings.chat_template``;
+    README, "Differences from the official code"). Unchanged when ``enabled`` is False, when the
+    tokenizer has no template, or when ``data`` was rendered already (each unit calls this).
+    """
+    if data.templated or not enabled or not getattr(tokenizer, "chat_template", None):
+        return data
+    sft = [{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in data.sft]
+    rl = [{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in data.rl]
+    benchmarks = [(name, split, [replace(p, rendered=chat_prompt(tokenizer, p.prompt)) for p in problems])
+                  for name, split, problems in data.benchmarks]
+    return RealData(sft, data.sft_skipped, rl, benchmarks, templated=True)
 
 
 def check_sources(settings: RealSettings) -> None:
@@ -526,6 +546,7 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
     rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=0)
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
@@ -548,6 +569,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
         return pd.read_csv(path, keep_default_na=False)
     adapter = adapter_dir(data_dir, "init", key)
     tokenizer = load_tokenizer(model_path)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
     rows_in, dropped = filter_by_length(data.sft, tokenizer, settings.init.max_length)
     stats = train_initialiser(settings, model_path, rows_in, seed, adapter,
                               checkpoints=checkpoint_dir(data_dir, "init", key))
@@ -582,6 +604,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     else:
         policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit,
                                         adapter=adapter_dir(data_dir, "init", key), trainable=True)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
     checkpoints = checkpoint_dir(data_dir, "rl", key)
     with output_folder(checkpoints) as output_dir:
         resume = last_checkpoint(checkpoints)
@@ -631,13 +654,16 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--max-steps", type=int)
     init.add_argument("--four-bit", action=argparse.BooleanOptionalAction, default=None,
                       help="NF4 base (QLoRA); use --no-four-bit under FSDP")
+    init.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                      help="prompts through the tokenizer's chat template when it has one (default: on)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", type=Path, required=True, help="folder for the adapter and stats.json")
     args = parser.parse_args(argv)
 
     settings = REAL_PRESETS[args.preset]
     changes = {k: v for k, v in (("model", args.model), ("sft_data", args.sft_data), ("method", args.method),
-                                 ("beta", args.beta), ("four_bit", args.four_bit)) if v is not None}
+                                 ("beta", args.beta), ("four_bit", args.four_bit),
+                                 ("chat_template", args.chat_template)) if v is not None}
     if args.n_sft is not None:
         changes["n_sft"] = args.n_sft
     if args.max_steps is not None:
@@ -648,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     with state.main_process_first():  # rank 0 builds the tiny stand-in (or fills the hub cache) first
         model_path = resolve_model(settings, args.out)
         rows, skipped = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
-    rows, too_long = filter_by_length(rows, load_tokenizer(model_path), settings.init.max_length)
+    tokenizer = load_tokenizer(model_path)
+    rows = with_chat_template(RealData(rows, skipped, [], []), tokenizer, settings.chat_template).sft
+    rows, too_long = filter_by_length(rows, tokenizer, settings.init.max_length)
     stats = train_initialiser(settings, model_path, rows, args.seed, args.out / "adapter")
     stats.update({"processes": state.num_processes, "train/rows_empty": skipped, "train/rows_too_long": too_long})
     if state.is_main_process:

@@ -1,8 +1,9 @@
 """Task rewards: 1.0 for a verified answer, 0.0 otherwise (the paper's binary reward, FACTS.md §3).
 
 ``countdown_reward`` checks a completion of the miniature world (``gift_lite.world``) by replaying
-it; ``countdown_reward_func`` is the same check in the form TRL's ``GRPOTrainer`` calls. A math
-grader for the real benchmarks will sit beside them.
+it; ``countdown_reward_func`` is the same check in the form TRL's ``GRPOTrainer`` calls.
+``math_reward`` grades a math completion against a reference answer (its docstring gives the
+rules, and which of the official grader's we keep), ``choice_reward`` a multiple-choice one.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def countdown_reward_func(completions, numbers, target, **kwargs) -> list[float]
 
 
 # =============================================================================================
-# Math answers for the real benchmarks (issue 4): the last \boxed{...} answer, checked by a
-# normalised string/number match and then by Math-Verify. Imports sit here so the section
-# stays an append to the countdown code above.
+# Math answers for the real benchmarks: the final answer of a completion (its last \boxed{} group,
+# or an answer statement after it), compared item by item with the reference by an exact
+# normalised match, then by Math-Verify. The rules, and which of the official grader's we keep,
+# are in the ``math_reward`` docstring. Imports sit here so the section stays an append to the
+# countdown code above.
 # =============================================================================================
 
 import atexit  # noqa: E402
@@ -96,61 +99,154 @@ from fractions import Fraction  # noqa: E402
 
 MATH_TAIL_CHARS = 4096  # ours: only the end of a completion is searched for its final answer
 MATH_MAX_ANSWER_CHARS = 512  # ours: a longer boxed answer is not a final answer but junk
-MATH_TIMEOUT_S = 5.0  # ours: hard limit per Math-Verify check; past it the answer counts as wrong
+MATH_MAX_ITEMS = 10  # ours: a final answer of more parts than this is a list of guesses, not an answer
+MATH_TIMEOUT_S = 5.0  # ours: hard limit on the Math-Verify checks of one call; past it the answer is wrong
 MATH_WORKER_START_S = 120.0  # ours: importing sympy in the worker, once per process
 CHOICE_LETTERS = "ABCDEFGHIJ"  # MMLU-Pro has up to 10 options; GPQA and ARC-Challenge 4 or 5
 
 _BOXED = ("\\boxed", "\\fbox")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)")
+
+
+# -- finding the final answer -----------------------------------------------------------------
+def _closing_braces(text: str) -> dict[int, int]:
+    """For each ``{`` of ``text`` the index of its matching ``}`` (one pass; unmatched ones absent)."""
+    match, stack = {}, []
+    for i, char in enumerate(text):
+        if char == "{":
+            stack.append(i)
+        elif char == "}" and stack:
+            match[stack.pop()] = i
+    return match
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, str | None]]:
+    """Every outermost ``\\boxed{...}`` / ``\\fbox{...}`` of ``text``: ``(start, end, content)``.
+
+    Braces nest; the brace-less ``\\boxed 5`` is one token up to whitespace or ``$``. A box left
+    open has ``content=None`` and runs to the end (a truncated final answer). Boxes inside a box
+    are part of its content. Linear in ``len(text)``.
+    """
+    closing = _closing_braces(text)
+    spans, end = [], 0
+    for m in _BOX_START.finditer(text):
+        if m.start() < end:  # inside the previous box
+            continue
+        at = m.end()
+        if text[at:at + 1] == "{":
+            close = closing.get(at)
+            end = len(text) if close is None else close + 1
+            spans.append((m.start(), end, None if close is None else text[at + 1:close]))
+        elif text[at:at + 1] == " ":
+            token = re.match(r" +([^\s$]+)", text[at:])
+            if token:
+                end = at + token.end()
+                spans.append((m.start(), end, token[1]))
+    return spans
 
 
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, else ``None``.
 
-    Braces nest (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); the brace-less form
-    ``\\boxed 5`` gives ``5``. Only the last box counts: if it is unterminated the answer is
-    ``None`` (a truncated final answer is no answer), even when an earlier box is complete.
+    ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``, ``\\boxed 5`` gives ``5``. If the last box is
+    unterminated the answer is ``None`` (a truncated final answer is no answer).
     """
     if not isinstance(text, str):
         return None
-    start = max(text.rfind(name) for name in _BOXED)
-    if start < 0:
-        return None
-    rest = text[start:]
-    rest = rest[len(next(name for name in _BOXED if rest.startswith(name))):]
-    if rest[:1] == "{":
-        depth = 0
-        for i, char in enumerate(rest):
-            depth += (char == "{") - (char == "}")
-            if depth == 0:
-                return rest[1:i]
-        return None
-    if rest[:1] == " ":  # "\boxed 5": one token up to whitespace or "$"
-        token = rest.strip().split(maxsplit=1)[0] if rest.strip() else ""
-        return token.split("$")[0] or None
-    return None
+    spans = boxed_spans(text)
+    return spans[-1][2] if spans else None
 
 
-# -- the normalised string / number match -------------------------------------------------------
-_SPACING = re.compile(r"\\[!,;: ]|\\q?quad|~")
+# Between two boxes of one answer ("\boxed{2} and \boxed{3}", "x = \boxed{1}, y = \boxed{2}"): only
+# punctuation, "and"/"or", spacing commands and a short "name =" (after $, \( \), \[ \] are removed).
+_BETWEEN_BOXES = re.compile(
+    r"(?:[\s,;.:&]|\band\b|\bor\b|\\quad|\\qquad|\\[,;!]|\\text\{\s*(?:and|or|,)?\s*\})*"
+    r"(?:[a-zA-Z](?:_\{?\w{1,3}\}?)?\s*(?:=|\\in)\s*)?")
+_MATH_DELIMITERS = re.compile(r"\$|\\\(|\\\)|\\\[|\\\]")
+# "The final answer is $6$." / "Answer: 6" after the last box: a math environment, or a bare number
+# that ends the sentence (so "the answer: 3 + 9 = 12" is no statement of 3); GSM8K's "#### 72" line.
+_STATEMENT = re.compile(
+    r"(?:(?i:final\s+answer|\banswer)\s*(?:is|:|=|：)?\s*:?\s*(?:\*\*\s*)?|^#### ?)"
+    r"(?:\$\$(?P<dd>[^$]{1,512}?)\$\$|\$(?P<d>[^$\n]{1,512}?)\$|\\\((?P<p>.{1,512}?)\\\)|\\\[(?P<b>.{1,512}?)\\\]"
+    r"|(?P<n>-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?\s*\\?%?)(?=\s*(?:\*\*)?\s*(?:$|[.!\n])))",
+    re.DOTALL | re.MULTILINE)
+
+
+def _box_groups(text: str) -> list[tuple[int, list[str | None]]]:
+    """Boxes joined into answers: ``(start, contents)`` per group of adjacent boxes (``_BETWEEN_BOXES``)."""
+    groups: list[tuple[int, list[str | None]]] = []
+    last_end = None
+    for start, end, content in boxed_spans(text):
+        between = None if last_end is None else _MATH_DELIMITERS.sub("", text[last_end:start])
+        if groups and between is not None and len(between) <= 40 and _BETWEEN_BOXES.fullmatch(between):
+            groups[-1][1].append(content)
+        else:
+            groups.append((start, [content]))
+        last_end = end
+    return groups
+
+
+def final_answer(text: str) -> list[str] | None:
+    """The answer a completion commits to, as the contents of its boxes (one per box), or ``None``.
+
+    The last event wins: the last group of adjacent boxes (``\\boxed{(2, 2)} and \\boxed{(6, 2)}``
+    is one answer of two boxes; ``\\boxed{3}, finally \\boxed{7}`` answers 7), unless an answer
+    statement follows it ("The final answer is $6$", "Answer: 6"), which also stands on its own
+    when there is no box. An unterminated last box, an empty one, or one longer than
+    ``MATH_MAX_ANSWER_CHARS`` is no answer.
+    """
+    groups = _box_groups(text)
+    after = groups[-1][0] if groups else 0
+    statement = None
+    for statement in _STATEMENT.finditer(text, after):
+        pass
+    if statement is not None and (not groups or statement.start() > after):
+        if groups and _BOX_START.search(statement[0]):
+            statement = None  # "answer is $\boxed{6}$": the box itself
+        else:
+            content = next(v for v in statement.group("dd", "d", "p", "b", "n") if v is not None)
+            return [content]
+    if not groups:
+        return None
+    contents = groups[-1][1]
+    if any(c is None or not c.strip() or len(c) > MATH_MAX_ANSWER_CHARS for c in contents):
+        return None
+    return contents
+
+
+# -- normalising one answer -----------------------------------------------------------------------
+_SPACING = re.compile(r"(?<!\\)\\[!,;: ]|\\q?quad|~")  # not the "\\ " of a matrix row break
 _TRAILING_UNIT = re.compile(r"^(.*?\S)\s*\\(?:text|textrm|mbox|mathrm)\{[^{}]*\}\s*$")
-_TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm)\{([^{}]*)\}")
-_ASSIGNMENT = re.compile(r"^[a-zA-Z]\s*=\s*(?!.*=)")
+_TEXT = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm|textnormal)\{([^{}]*)\}")
+_WORD_UNIT = re.compile(r"^(-?[\d.,]+)\s+(?!pi\b)[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]{2,}\.?)*$")  # "5 apples", not "2 pi"
+_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\{?\w{1,3}\}?)?\s*(?:=|\\in)\s*(?!.*=)")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
+_DECIMAL_COMMA = re.compile(r"^-?\d+,\d+$")  # after _THOUSANDS failed: "1000,99", "3,5"
 _FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$")
 _SLASH = re.compile(r"^(-?\d+)/(\d+)$")
+_LETTER = re.compile(r"^\(?([a-j])\)?$")
+_WORD = re.compile(r"(?<![\\a-z])(?!(?:sin|cos|tan|cot|sec|csc|log|exp|sqrt|frac|infty|pi)[^a-z])[a-z]{3,}")
+_COMMAND_ARGUMENT = re.compile(r"\\(?:begin|end|mathbb|mathbf|mathcal|operatorname)\{[^{}]*\}")  # names, not words
+_MAX_NUMBER_CHARS = 64
 
 
 def _normalise(answer: str) -> str:
     """Cosmetic differences removed: spacing, ``$``, ``\\left``/``\\right``, ``\\dfrac``, degree and
-    percent signs, trailing units written as ``\\text{...}``, ``x =``, thousands separators."""
-    s = answer.strip().strip("$").strip()
-    s = _SPACING.sub(" ", s).replace("\\left", "").replace("\\right", "")
+    percent signs, trailing units (``\\text{ cm}``, `` apples``), ``x =`` / ``x \\in``, thousands
+    separators, an inner ``\\boxed``; lower case."""
+    s = answer.strip().replace("\\$", "").strip("$").strip()
+    s = s.replace("−", "-").replace("\\left", "").replace("\\right", "")
+    s = _SPACING.sub(" ", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
+    while (whole := _whole_box(s)) is not None:
+        s = whole.strip()
     for mark in ("^\\circ", "^{\\circ}", "°", "\\%", "%"):
         s = s.replace(mark, "")
     while (m := _TRAILING_UNIT.match(s)) and not _TEXT.fullmatch(s):
         s = m[1]
-    s = _TEXT.sub(r"\1", s)
+    s = _TEXT.sub(r"\1", s).strip()
+    if (m := _WORD_UNIT.match(s)):
+        s = m[1]
     s = _ASSIGNMENT.sub("", s).rstrip(".").strip()
     s = "".join(s.split())
     if _THOUSANDS.match(s):
@@ -158,9 +254,15 @@ def _normalise(answer: str) -> str:
     return s.lower()
 
 
+def _whole_box(s: str) -> str | None:
+    """The content when ``s`` is one box and nothing else (``\\boxed{\\boxed{5}}``), else None."""
+    spans = boxed_spans(s) if s.startswith(_BOXED) else []
+    return spans[0][2] if len(spans) == 1 and spans[0][1] == len(s) else None
+
+
 def _as_number(s: str):
     """``Fraction`` for integers, decimals, ``a/b`` and ``\\frac{a}{b}``; ``None`` otherwise."""
-    if len(s) > 64:
+    if len(s) > _MAX_NUMBER_CHARS:
         return None
     if (m := _FRAC.match(s)) or (m := _SLASH.match(s)):
         groups = m.groups()
@@ -174,14 +276,83 @@ def _as_number(s: str):
 
 
 def answers_match(gold: str, pred: str) -> bool:
-    """The fast check: equal after ``_normalise``, or equal as exact rational numbers."""
+    """The exact check: equal after ``_normalise``, as exact rationals, or as the same choice letter."""
     g, p = _normalise(gold), _normalise(pred)
     if not g or not p:
         return False
     if g == p:
         return True
     gn, pn = _as_number(g), _as_number(p)
-    return gn is not None and gn == pn
+    if gn is not None:
+        return gn == pn
+    gl, pl = _LETTER.match(g), _LETTER.match(p)
+    return bool(gl and pl and gl[1] == pl[1])
+
+
+def _is_words(s: str) -> bool:
+    """A text answer ("Evelyn", "\\text{Monday}"): Math-Verify would read it as a product of
+    symbols, so that an anagram equals it; such answers are compared as strings only."""
+    return bool(_WORD.search(_COMMAND_ARGUMENT.sub("", _normalise(s))))
+
+
+# -- answers of several parts ---------------------------------------------------------------------
+def split_items(answer: str) -> list[str]:
+    """``answer`` cut at its top-level commas (and "and"): ``"(2, 2), (6, 2)"`` → two parts.
+
+    Commas inside brackets of any kind (``(1, 4]``, ``\\{1, 2\\}``, ``\\frac{a}{b}``) do not cut,
+    and neither do thousands separators (``1,000``); a decimal comma is read by ``pred_items``.
+    """
+    s = answer.strip()
+    if _THOUSANDS.match("".join(s.split())):
+        return [s]
+    s = re.sub(r"\\text\{\s*(?:and|,)\s*\}|\s+and\s+", ",", s)
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(s):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+    parts.append(s[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _unique(items: list[str]) -> list[str]:
+    seen, out = set(), []
+    for item in items:
+        key = _normalise(item)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def gold_items(answer: str) -> list[str]:
+    """The reference's parts: its boxes when written boxed (``\\boxed{1}\\boxed{2}``), else ``split_items``."""
+    spans = boxed_spans(answer)
+    if spans and all(c is not None for _, _, c in spans):
+        items = [i for _, _, c in spans for i in split_items(c)]
+    else:
+        items = split_items(answer)
+    return _unique(items)
+
+
+def pred_items(contents: list[str], n_gold: int) -> list[str]:
+    """The final answer's parts, read against a reference of ``n_gold`` parts.
+
+    One box against a one-part reference stays whole, with a decimal comma read as a point
+    (``1000,99`` → ``1000.99``; ``1,000`` stays one thousand). Otherwise every box is cut by
+    ``split_items``, and repeated parts count once.
+    """
+    if len(contents) == 1 and n_gold == 1:
+        s = contents[0]
+        compact = "".join(_normalise(s).split())
+        if _DECIMAL_COMMA.match(compact) and not _THOUSANDS.match(compact):
+            return [compact.replace(",", ".")]
+        return [s]
+    return _unique([i for c in contents for i in split_items(c)])
 
 
 # -- Math-Verify in a worker process ----------------------------------------------------------
@@ -289,29 +460,96 @@ atexit.register(_WORKER.stop)
 
 def math_verify_equal(gold: str, pred: str, *, timeout_s: float = MATH_TIMEOUT_S) -> bool:
     """Math-Verify's ``verify(parse(gold), parse(pred))`` (gold first), in the worker, time-limited."""
-    return _WORKER.check(gold, pred, timeout_s)
+    return timeout_s > 0 and _WORKER.check(gold, pred, timeout_s)
+
+
+class _Judge:
+    """Equality of two answer parts, memoised, with Math-Verify calls sharing one deadline."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.seen: dict[tuple[str, str], bool] = {}
+
+    def verify(self, gold: str, pred: str) -> bool:
+        left = self.deadline - time.monotonic()
+        return left > 0 and math_verify_equal(gold[:MATH_MAX_ANSWER_CHARS], pred, timeout_s=left)
+
+    def equal(self, gold: str, pred: str) -> bool:
+        key = (gold, pred)
+        if key not in self.seen:
+            self.seen[key] = answers_match(gold, pred) or (
+                not (_is_words(gold) or _is_words(pred)) and self.verify(gold, pred))
+        return self.seen[key]
+
+    def same_parts(self, golds: list[str], preds: list[str]) -> bool:
+        """A one-to-one pairing of equal parts exists (the order does not matter: Kuhn's matching)."""
+        if len(golds) != len(preds):
+            return False
+        owner: dict[int, int] = {}  # pred index -> gold index
+
+        def place(g: int, tried: set) -> bool:
+            for p in range(len(preds)):
+                if p not in tried and self.equal(golds[g], preds[p]):
+                    tried.add(p)
+                    if p not in owner or place(owner[p], tried):
+                        owner[p] = g
+                        return True
+            return False
+
+        return all(place(g, set()) for g in range(len(golds)))
 
 
 def math_reward(completion: str, answer: str, *, timeout_s: float = MATH_TIMEOUT_S) -> float:
-    """1.0 if the last ``\\boxed{}`` answer of ``completion`` equals ``answer``, else 0.0.
+    """1.0 if the final answer of ``completion`` equals the reference ``answer``, else 0.0. Never raises.
 
-    Equal means: the normalised string/number match of ``answers_match`` agrees, or Math-Verify
-    (Hugging Face's grader, ``verify(gold, pred)`` with the gold answer first) says so; this is
-    the paper's binary reward (FACTS.md §3). Only the last ``MATH_TAIL_CHARS`` characters are
-    searched, a boxed answer longer than ``MATH_MAX_ANSWER_CHARS`` is wrong, and Math-Verify runs
-    in a worker process killed after ``timeout_s`` seconds. Never raises.
+    The paper's binary reward (FACTS.md §3), graded as a careful human would:
+
+    - *Which answer.* ``final_answer``: the last group of adjacent ``\\boxed{}`` (several boxes
+      joined by commas or "and" are one answer of several parts), unless an answer statement
+      ("The final answer is $6$", "Answer: 6") follows it; only the last ``MATH_TAIL_CHARS``
+      characters are searched.
+    - *Parts.* A reference such as ``(2, 2), (6, 2)`` or ``\\boxed{1}\\boxed{2}`` has several parts
+      (``gold_items``); the answer must give the same parts, in any order, each equal to one
+      (``\\boxed{1,2}`` or ``\\boxed{1}, \\boxed{2}``), and nothing else: a second guess fails.
+    - *Equal.* ``answers_match`` (normalised strings: spacing, ``\\dfrac``, ``\\left``, degrees,
+      units, ``x =``; exact rationals: ``0.5`` = ``\\frac{1}{2}`` = ``1/2``; choice letters:
+      ``\\text{(C)}`` = ``C``), else Math-Verify (``verify(gold, pred)`` in a worker process killed
+      at the deadline): radicals, intervals, sets, algebra. Text answers (``\\text{Evelyn}``) are
+      compared as strings only, since Math-Verify reads them as products of letters.
+    - *Numbers.* ``1,000`` is one thousand (GSM8K); a comma before other than three digits is a
+      decimal comma against a one-number reference (``1000,99`` = 1000.99); ``033`` = 33 (AIME).
+
+    Against the official grader (``utils/reward_utils/my_reward_func.py``: accept when
+    OpenMathInstruct's ``math_equal`` on the last box *or* Math-Verify on the whole completion
+    accepts), we keep Math-Verify's comparison (its 6-decimal rounding: ``1.41421356`` = √2; a
+    percent sign is a factor 1/100: ``50\\%`` = 0.5 = 50) and the last box as the answer. We drop
+    ``math_equal``'s ×100 rule (it accepts ``25`` for ``0.25`` with no percent sign) and its 1e-4
+    relative tolerance (it accepts ``3.1416`` for π and ``0.3333`` for 1/3): both accept wrong
+    answers. We drop the "either grader" union, which lets an answer through when one of two
+    readings of the completion matches (Math-Verify reads ``\\boxed{3}, finally \\boxed{7}`` as
+    the set {3, 7}); ours reads one final answer. Math-Verify's checks of one call share
+    ``timeout_s`` seconds; past it the answer counts as wrong.
     """
     try:
-        if not isinstance(completion, str) or not isinstance(answer, str):
+        if not isinstance(completion, str) or not isinstance(answer, str) or not answer.strip():
             return 0.0
-        pred = last_boxed(completion[-MATH_TAIL_CHARS:])
-        gold = answer.strip()
-        if pred is None or not pred.strip() or not gold or len(pred) > MATH_MAX_ANSWER_CHARS:
+        contents = final_answer(completion[-MATH_TAIL_CHARS:])
+        golds = gold_items(answer.strip())
+        if contents is None or len(contents) > MATH_MAX_ITEMS or not golds or len(golds) > MATH_MAX_ITEMS:
             return 0.0
-        if answers_match(gold, pred):
+        preds = pred_items(contents, len(golds))
+        if len(preds) > MATH_MAX_ITEMS:
+            return 0.0
+        judge = _Judge(time.monotonic() + timeout_s)
+        if len(golds) == 1 and len(preds) == 1:
+            return 1.0 if judge.equal(golds[0], preds[0]) else 0.0
+        if judge.same_parts(golds, preds):
             return 1.0
-        gold_inner = last_boxed(gold) or gold  # a gold written as "\boxed{...}" is accepted too
-        return 1.0 if math_verify_equal(gold_inner[:MATH_MAX_ANSWER_CHARS], pred, timeout_s=timeout_s) else 0.0
+        # the parts did not pair up: one set against the other, e.g. "\{1, 2\}" against "1, 2"
+        whole_gold, whole_pred = ", ".join(golds), ", ".join(preds)
+        if any(_is_words(x) for x in golds + preds):
+            return 0.0
+        return 1.0 if judge.verify(whole_gold, whole_pred) else 0.0
     except Exception:
         return 0.0
 

@@ -69,7 +69,7 @@ METHOD_NAMES = {
     "base": "base", "rl_only": "RL only", "luffy": "LUFFY", "relift": "ReLIFT", "sft": "SFT (β = ∞)",
     "sft_entropy": "SFT + entropy", "dft": "DFT", "asft": "ASFT", "psft": "PSFT",
     "best_baseline": "best baseline (not named)", "comparator": "comparator (not named)", "gift": "GIFT",
-    "gift_minus_sft": "GIFT − SFT (points)",
+    "gift_minus_sft": "GIFT − SFT (gap)",
 }
 DIFFERENCE_ROWS = ("gift_minus_sft",)
 # Notes every paper table carries (layouts add their own, ``block_notes`` the seeds per block).
@@ -81,6 +81,10 @@ COMMON_NOTES = (
     "Bold: the best value of its column within its block (one source); numbers from different blocks are "
     "not comparable.",
 )
+# Every paper cell before RL is of the SFT-stage checkpoint the paper kept, and RL starts from it (FACTS.md §3).
+CHECKPOINT_NOTE = ("Paper cells: the SFT stage's checkpoint was chosen by held-out loss among 10 epochs; one "
+                   "digest names the 6th epoch and notes that the main text says one epoch.")
+CAVEAT_MARKS = ("†", "‡", "¶")  # footnote marks of the paper cells' caveats (paper_reported.csv, ``caveat``)
 # Metrics measured against the base: the base row is their zero point, never the "best".
 VERSUS_BASE = ("kl_to_base", "topk_overlap")
 
@@ -125,16 +129,16 @@ def layout(name: str) -> Layout:
         columns = (Column("init", "pass@1"), Column("init", "pass@8"), Column("rl", "pass@1"))
         return Layout("table1_in_distribution", "Table 1 · In-distribution: pass@k (%) before and after RL",
                       "in_distribution", "id", columns, ID_BENCHMARKS, notes=(
-                          "Paper row GIFT − SFT: the reported pass@8 gap in points; the benchmark is not stated "
-                          "in our source.",))
+                          "Paper row GIFT − SFT (gap): the reported pass@8 gap before RL, never ranked.",
+                          CHECKPOINT_NOTE))
     if name == "table2":
         columns = (Column("init", "pass@1", label="accuracy"),
                    Column("rl", "pass@1", paper_metric="accuracy", label="accuracy"))
         return Layout("table2_out_of_distribution", "Table 2 · Out-of-distribution: accuracy (%)",
                       "out_of_distribution", "ood", columns, OOD_BENCHMARKS, notes=(
                           "Accuracy: our pass@1, the share of sampled answers that are correct. Paper cells: "
-                          "the metric and the stage are not stated in our source; they are listed after RL, "
-                          "since ReLIFT (an SFT+RL method) is in the same comparison.",))
+                          "listed after RL, as our source's comparison includes ReLIFT (an SFT+RL method).",
+                          CHECKPOINT_NOTE))
     if name == "table3":
         columns = (Column("init", "entropy", None), Column("init", "kl_to_base", "lower"),
                    Column("init", "topk_overlap", "higher"),
@@ -146,7 +150,7 @@ def layout(name: str) -> Layout:
                       stage_labels=(("init", "SFT stage (initialiser)"), ("rl", "RL stage")), notes=(
                           "Entropy and KL / top-K overlap to the base: per token on held-out expert solutions "
                           "(nats). Geometry: last decoder layer's merged weights. Bold: closest to the base; "
-                          "entropy and the RL-stage geometry are not ranked.",))
+                          "entropy and the RL-stage geometry are not ranked.", CHECKPOINT_NOTE))
     raise ValueError(f"name={name!r} is not one of 'table1', 'table2', 'table3'")
 
 
@@ -185,18 +189,38 @@ def _bench_rank(label: str, benchmarks: tuple[str, ...]) -> tuple[int, str]:
     return {AVERAGE: (n + 1, ""), "": (n + 2, "")}.get(label, (n, label))
 
 
+def _reported_rows(reported: pd.DataFrame, lay: Layout) -> pd.DataFrame:
+    wanted = {(c.stage, c.paper_metric or c.metric) for c in lay.columns}
+    rows = reported[reported["table"] == lay.table].fillna("")
+    return rows[[(r.stage, r.metric) in wanted for r in rows.itertuples()]]
+
+
+def caveat_marks(reported: pd.DataFrame, lay: Layout) -> dict[str, str]:
+    """Each distinct ``caveat`` of the layout's paper cells -> its mark (``CAVEAT_MARKS``), in file order."""
+    caveats = list(dict.fromkeys(c for c in _reported_rows(reported, lay).get("caveat", []) if c))
+    if len(caveats) > len(CAVEAT_MARKS):
+        raise ValueError(f"{lay.table} has {len(caveats)} caveats, more than the marks {CAVEAT_MARKS}")
+    return dict(zip(caveats, CAVEAT_MARKS))
+
+
+def caveat_notes(reported: pd.DataFrame, lay: Layout) -> list[str]:
+    """One note per caveat mark the layout's paper cells carry: ``† <caveat>.``"""
+    return [f"{mark} Paper: {caveat}." for caveat, mark in caveat_marks(reported, lay).items()]
+
+
 def reported_cells(reported: pd.DataFrame, lay: Layout) -> pd.DataFrame:
     """The paper's cells of ``lay`` from ``data/paper_reported.csv`` (read with ``dtype=str``).
 
-    One block per model, ``paper · <model> (reported)``; a cell's text is the value as printed.
-    Columns: ``block, method, beta, stage, bench, metric, mean, std, n, text``.
+    One block per model, ``paper · <model> (reported)``; a cell's text is the value as printed,
+    followed by the mark of its caveat, if it has one (``caveat_marks``; ``caveat_notes`` says
+    what each mark means). Columns: ``block, method, beta, stage, bench, metric, mean, std, n, text``.
     """
-    wanted = {(c.stage, c.paper_metric or c.metric) for c in lay.columns}
-    rows = reported[reported["table"] == lay.table].fillna("")
+    marks = caveat_marks(reported, lay)
     out = [{"block": f"paper · {r.model} (reported)", "method": r.method, "beta": INF, "stage": r.stage,
             "bench": AVERAGE if r.benchmark == "average" else r.benchmark, "metric": r.metric,
-            "mean": float(r.value), "std": math.nan, "n": 0, "text": str(r.value)}
-           for r in rows.itertuples() if (r.stage, r.metric) in wanted]
+            "mean": float(r.value), "std": math.nan, "n": 0,
+            "text": str(r.value) + marks.get(getattr(r, "caveat", ""), "")}
+           for r in _reported_rows(reported, lay).itertuples()]
     return pd.DataFrame(out, columns=["block", "method", "beta", "stage", "bench", "metric", "mean", "std", "n",
                                       "text"])
 
@@ -384,6 +408,7 @@ _LATEX = {
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "<": r"$<$", ">": r"$>$", "|": r"\textbar{}", "±": r"$\pm$",
     "β": r"$\beta$", "η": r"$\eta$", "λ": r"$\lambda$", "π": r"$\pi$", "∞": r"$\infty$", "−": r"$-$",
     "→": r"$\to$", "≈": r"$\approx$", "≤": r"$\le$", "≥": r"$\ge$", "‖": r"$\|$", "·": r"$\cdot$", "§": r"\S{}",
+    "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}", "¶": r"\textsuperscript{\P}", "“": "``", "”": "''",
     "—": "---", "–": "--", "…": r"\ldots{}",
 }
 _LATEX_RE = re.compile("|".join(map(re.escape, _LATEX)))

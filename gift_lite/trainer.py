@@ -50,6 +50,7 @@ import types
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,9 @@ class GIFTConfig(SFTConfig):
         "help": "gift: folder caching the base's reference pass across epochs (gift_lite.refcache)."})
     reference_cache_topk: int | None = field(default=None, metadata={
         "help": "With reference_cache: None stores hidden states (exact); K stores top-K log-probs (approx)."})
+    official_grad_accumulation: bool = field(default=False, metadata={
+        "help": "Sum the micro-batch gradients without dividing by the accumulation steps, then clip, as the "
+                "official trainer does (ours: False, the mean, as TRL; README 'Differences from the official code')."})
 
     def __post_init__(self):
         if self.loss_type not in LOSSES:
@@ -109,6 +113,8 @@ class GIFTConfig(SFTConfig):
         if topk is not None and (self.reference_cache is None or isinstance(topk, bool)
                                  or not isinstance(topk, int) or topk < 0):
             raise ValueError(f"reference_cache_topk={topk!r} must be None or an int >= 0, with reference_cache set")
+        if not isinstance(self.official_grad_accumulation, bool):
+            raise ValueError(f"official_grad_accumulation={self.official_grad_accumulation!r} must be a bool")
         if not (isinstance(self.psft_refresh_steps, int) and self.psft_refresh_steps >= 1):
             raise ValueError(f"psft_refresh_steps={self.psft_refresh_steps!r} must be an int >= 1")
         if self.bf16 is None:  # TRL defaults to bf16 everywhere; on CPU that only slows training down
@@ -173,7 +179,9 @@ class GIFTTrainer(SFTTrainer):
     ``__init__`` also counts the rows TRL's preparation cut to ``max_length`` or dropped
     (``length_report``) and warns about them with a ``TruncationWarning``: TRL does it silently.
     On a quantized (QLoRA) model it keeps the adapters in fp32, where TRL casts them to bf16
-    (``_adapters_to_fp32``).
+    (``_adapters_to_fp32``). Evaluation logs ``eval_ce``, the one-hot cross-entropy, for every
+    loss (``_log_eval_ce``); ``official_grad_accumulation`` sums micro-batch gradients as the
+    official trainer does (``_official_scaling``).
     """
 
     # Our losses are means over the micro-batch's response tokens (as in the official code), so
@@ -216,14 +224,39 @@ class GIFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
         if self.fused and not return_outputs:
-            return self._fused_loss(model, inputs, model_inputs)
+            return self._official_scaling(model, self._fused_loss(model, inputs, model_inputs))
         outputs = model(**model_inputs, use_cache=False)
         logits = outputs.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
         labels = inputs["labels"][:, 1:]
         anchor_logits = self._anchor_logits(model, model_inputs)
         loss = self.loss_fn(logits, anchor_logits, labels, ignore_index=-100, **self.args.loss_kwargs())
         self._log_token_metrics(logits, labels)
+        if not model.training:
+            self._log_eval_ce(LOSSES["sft"](logits, None, labels), labels)
+        loss = self._official_scaling(model, loss)
         return (loss, outputs) if return_outputs else loss
+
+    def _official_scaling(self, model, loss: torch.Tensor) -> torch.Tensor:
+        """With ``official_grad_accumulation``: the same value (so logs show the mean), ``ga`` times the
+        gradient, so that after Trainer's division by ``ga`` the micro-batch gradients add up unscaled,
+        as in the official trainer (its ``training_step`` backpropagates each micro-batch's mean)."""
+        if not (self.args.official_grad_accumulation and model.training):
+            return loss
+        ga = self.current_gradient_accumulation_steps
+        return loss.detach() + (loss - loss.detach()) * ga
+
+    @torch.no_grad()
+    def _log_eval_ce(self, ce: torch.Tensor, labels: torch.Tensor) -> None:
+        """``eval_ce``: the held-out one-hot cross-entropy, token mean over the batch on every rank.
+
+        The official validation loss (FACTS §2); unlike ``eval_loss`` (the method's own loss) it is
+        comparable across methods and β, and picks the SFT checkpoint (``pick_checkpoint``).
+        """
+        n = (labels != -100).sum()
+        total = self.accelerator.gather_for_metrics(ce.detach().float() * n).sum()
+        count = self.accelerator.gather_for_metrics(n).sum()
+        if count > 0:
+            self._metrics["eval"]["ce"].append((total / count).item())
 
     # -- the fused path ----------------------------------------------------------------------
     def _fused_loss(self, model, inputs, model_inputs) -> torch.Tensor:
@@ -247,6 +280,9 @@ class GIFTTrainer(SFTTrainer):
             loss = fused_gift_loss(hidden, ref_hidden, weight, labels, beta=beta, smooth_lambda=lam,
                                    bias=bias, ref_lm_head_weight=ref_w, ref_bias=ref_b)
         self._log_sampled_metrics(hidden, weight, bias, labels)
+        if not model.training:
+            ce = loss if math.isinf(beta) else fused_gift_loss(hidden, hidden, weight, labels, beta=math.inf, bias=bias)
+            self._log_eval_ce(ce, labels)
         return loss
 
     @torch.no_grad()
@@ -477,3 +513,43 @@ def _add_hidden_forward(model) -> None:
 
     forward._gift_hidden = True
     model.forward = types.MethodType(forward, model)
+
+
+# -- choosing the SFT checkpoint: the paper's rule -----------------------------------------------
+HELD_OUT_METRIC = "eval_ce"  # the official validation loss: one-hot cross-entropy (GIFTTrainer._log_eval_ce)
+
+
+def per_epoch_selection(metric: str = HELD_OUT_METRIC) -> dict:
+    """``GIFTConfig`` arguments for the paper's protocol: evaluate and save every epoch, keep the best.
+
+    The official run saves and validates once per epoch (10 epochs; ``save_freq = test_freq`` =
+    the steps of one epoch) and the paper picks the epoch by held-out loss (FACTS §3). Pass these
+    with an ``eval_dataset``; ``pick_checkpoint`` then names the winner, and with
+    ``load_best_model_at_end`` Trainer reloads it when training ends.
+    """
+    return {"eval_strategy": "epoch", "save_strategy": "epoch", "metric_for_best_model": metric,
+            "greater_is_better": False, "load_best_model_at_end": True}
+
+
+def pick_checkpoint(log_history: list[dict], *, metric: str = HELD_OUT_METRIC, output_dir=None) -> dict:
+    """The evaluation with the lowest held-out ``metric``: ``{"step", "epoch", metric, "checkpoint"}``.
+
+    ``log_history``: ``trainer.state.log_history`` (or the list in a checkpoint's
+    ``trainer_state.json``), one dict per log; those carrying ``metric`` are the candidates. Ties
+    go to the earliest (fewer epochs away from the base). ``checkpoint`` is
+    ``<output_dir>/checkpoint-<step>`` (None without ``output_dir``), where Trainer saved that
+    step with ``per_epoch_selection``. Raises ``ValueError`` when no entry has ``metric``, or one's
+    value is not a finite number.
+    """
+    candidates = [log for log in log_history if metric in log]
+    if not candidates:
+        raise ValueError(f"metric={metric!r} is in no entry of log_history; evaluate with an eval_dataset "
+                         "(per_epoch_selection) before picking")
+    for log in candidates:
+        value = log[metric]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"log_history entry at step {log.get('step')} has {metric}={value!r}, not a finite number")
+    best = min(candidates, key=lambda log: (log[metric], log.get("step", 0)))
+    step = int(best.get("step", 0))
+    checkpoint = None if output_dir is None else str(Path(output_dir) / f"checkpoint-{step}")
+    return {"step": step, "epoch": best.get("epoch"), metric: float(best[metric]), "checkpoint": checkpoint}

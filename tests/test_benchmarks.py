@@ -161,3 +161,15 @@ def test_gpu_preflight_names_an_unmet_requirement(monkeypatch):
     monkeypatch.setattr(gpu_preflight, "version", lambda name: "1.0" if name == "pyarrow" else real_version(name))
     assert any(line.startswith("warning: datasets needs pyarrow") and line.endswith("found 1.0")
                for line in gpu_preflight.unmet("datasets"))
+
+
+def test_bench_loss_precision_compares_the_value_with_float64(tmp_path):
+    out = tmp_path / "loss.csv"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--precision", "--sizes", "64x4096x16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(tmp_path / "loss_precision.csv").set_index("method")
+    assert set(frame.index) == {"fused", "official", "fused_single_bmm"}
+    assert frame["float64_value"].nunique() == 1 and (frame["value"] > 0).all()
+    assert frame.loc["fused", "rel_error"] <= 1e-5
+    assert json.loads((tmp_path / "loss_precision_run.json").read_text())["config"]["sizes"] == "64x4096x16"

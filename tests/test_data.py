@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from gift_lite import data, models
-from gift_lite.data import (BENCHMARKS, MATH_INSTRUCTION, Problem, choice_prompt, load_benchmark, load_rl_prompts,
-                            load_sft, math_prompt, read_rows, split_of)
+from gift_lite.data import (BENCHMARKS, MATH_INSTRUCTION, Problem, chat_prompt, choice_prompt, load_benchmark,
+                            load_rl_prompts, load_sft, math_prompt, read_rows, split_of)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2, trainable_parameters
 from gift_lite.memory import QWEN25_SHAPES, ModelShape, estimate_memory_gb, memory_table
 from gift_lite.real import GPU_REAL, SMOKE_REAL, check_sources, filter_by_length, load_data, run_name, score
@@ -163,6 +163,53 @@ def test_prompts():
     assert math_prompt("  What is 2?  ") == f"What is 2?\n{MATH_INSTRUCTION}\n"
     assert choice_prompt("Q", ["x", "y"]).startswith("Q\n\nA. x\nB. y\n")
     assert Problem("i", "Q", "B", ("x", "y")).to_dict()["choices"] == ["x", "y"]
+
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}[end]{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}")  # a Llama-like template: BOS first
+
+
+def templated_tokenizer(adds_bos: bool):
+    from tokenizers.processors import TemplateProcessing
+
+    from conftest import char_tokenizer
+
+    tok = char_tokenizer()
+    tok.chat_template = TEMPLATE
+    if adds_bos:  # as Llama 3's tokenizer: encoding puts a BOS in front by itself
+        tok._tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return tok
+
+
+def test_chat_prompt_renders_the_user_turn_with_one_bos(tokenizer):
+    assert chat_prompt(tokenizer, "1+1=\n") == "1+1=\n"  # no template: plain text, as the miniature
+    plain = templated_tokenizer(adds_bos=False)
+    assert chat_prompt(plain, "1+1=\n") == "<bos>[user]1+1=[end][assistant]"
+    adding = templated_tokenizer(adds_bos=True)
+    rendered = chat_prompt(adding, "1+1=\n")
+    assert rendered == "[user]1+1=[end][assistant]"
+    assert adding(rendered)["input_ids"].count(adding.bos_token_id) == 1
+
+
+def test_with_chat_template_renders_every_prompt_once_and_can_be_switched_off():
+    from gift_lite.real import RealData, configure, with_chat_template
+
+    data = RealData([{"prompt": "p1", "completion": "c"}], 0, [{"prompt": "p2", "answer": "1", "id": "a"}],
+                    [("b", "id", [Problem("x", "2+2", "4"), Problem("y", "Q", "A", ("u", "v"))])])
+    tok = templated_tokenizer(adds_bos=False)
+    assert with_chat_template(data, tok, enabled=False) is data
+    done = with_chat_template(data, tok)
+    assert done.templated and with_chat_template(done, tok) is done  # each unit calls it: rendered once
+    assert done.sft[0] == {"prompt": "<bos>[user]p1[end][assistant]", "completion": "c"}
+    assert done.rl[0]["prompt"] == "<bos>[user]p2[end][assistant]" and done.rl[0]["answer"] == "1"
+    math_problem, choice_problem = done.benchmarks[0][2]
+    assert math_problem.prompt == chat_prompt(tok, math_prompt("2+2"))
+    assert choice_problem.prompt == chat_prompt(tok, choice_prompt("Q", ["u", "v"]))
+    assert math_problem == Problem("x", "2+2", "4")  # the rendered prompt is not part of the row
+    assert SMOKE_REAL.chat_template and GPU_REAL.chat_template  # on by default, as the official code
+    assert configure("smoke", chat_template=False).chat_template is False
+    with pytest.raises(ValueError, match="chat_template"):
+        configure("smoke", chat_template="no")
 
 
 def test_score_picks_the_reward_by_row_kind():

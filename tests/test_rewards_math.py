@@ -1,4 +1,4 @@
-"""The math and multiple-choice rewards: a table of equal / unequal answers, and never raising or hanging."""
+"""The math and multiple-choice rewards: tables of graded answers, and never raising or hanging."""
 
 import time
 
@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gift_lite.rewards import (answers_match, choice_letter, choice_reward, choice_reward_func, last_boxed,
-                               math_reward, math_reward_func)
+from gift_lite.rewards import (answers_match, choice_letter, choice_reward, choice_reward_func, final_answer,
+                               gold_items, last_boxed, math_reward, math_reward_func, pred_items, split_items)
+from math_grading_cases import CASES, FORMS
 
 MB = 1_000_000
 
@@ -36,6 +37,7 @@ EQUAL = [
     ("\\boxed{12}", "\\boxed{12}"),  # gold written boxed
     ("\\boxed{\\text{Evelyn}}", "\\text{Evelyn}"),  # text answers
     ("\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", "\\left(3,\\frac{\\pi}{2}\\right)"),
+    ("the answer is 12", "12"),  # no box, but a stated final answer
 ]
 
 # (completion, gold answer): the reward must be 0.0
@@ -47,7 +49,6 @@ UNEQUAL = [
     ("\\boxed{10\\text{ cm}}", "100"),
     ("\\boxed{2x}", "2"),  # a variable is not a unit
     ("\\boxed{7}, finally \\boxed{3}", "7"),  # the last box is wrong
-    ("the answer is 12", "12"),  # no box
     ("", "12"),
     ("\\boxed{}", "12"),  # empty box
     ("\\boxed{12", "12"),  # unterminated box
@@ -77,6 +78,41 @@ def test_last_boxed():
     assert last_boxed("\\boxed{1} \\boxed{2") is None
     assert last_boxed("no box") is None
     assert last_boxed(None) is None
+
+
+@pytest.mark.parametrize("completion,answer,verdict,form", CASES,
+                         ids=[f"{form}-{i}" for i, (_, _, _, form) in enumerate(CASES)])
+def test_graded_answers_of_benchmark_forms(completion, answer, verdict, form):
+    start = time.monotonic()
+    assert math_reward(completion, answer) == float(verdict)
+    assert time.monotonic() - start < 12.0
+
+
+def test_the_table_covers_every_form_both_ways():
+    assert len(CASES) >= 150
+    for form, rows in FORMS.items():
+        verdicts = {v for _, _, v in rows}
+        assert verdicts == {0, 1} or form == "malformed" or form == "hedges", form
+    assert sum(v for _, _, v, _ in CASES) >= 100 and sum(1 - v for _, _, v, _ in CASES) >= 70
+
+
+def test_final_answer_takes_the_last_group_of_boxes_or_a_later_statement():
+    assert final_answer("\\boxed{(2, 2)} and \\boxed{(6, 2)}.") == ["(2, 2)", "(6, 2)"]
+    assert final_answer("x = \\boxed{3}, y = \\boxed{4}") == ["3", "4"]
+    assert final_answer("first \\boxed{3}, finally \\boxed{7}") == ["7"]
+    assert final_answer("\\boxed{5}. Wait: the final answer is $6$.") == ["6"]
+    assert final_answer("The final answer is $\\boxed{6}$.") == ["6"]
+    assert final_answer("the answer: 3 + 9 = 12") is None  # a bare number must end the sentence
+    assert final_answer("\\boxed{1} \\boxed{2") is None and final_answer("\\boxed{}") is None
+
+
+def test_parts_of_references_and_answers():
+    assert split_items("(2, 2), (6, 2)") == ["(2, 2)", "(6, 2)"]
+    assert split_items("(1, 4]") == ["(1, 4]"] and split_items("\\{1, 2\\}") == ["\\{1, 2\\}"]
+    assert split_items("1,000") == ["1,000"] and split_items("1 \\text{ and } 2") == ["1", "2"]
+    assert gold_items("\\boxed{1}\\boxed{2}") == ["1", "2"] and gold_items("5") == ["5"]
+    assert pred_items(["1000,99"], 1) == ["1000.99"] and pred_items(["1,000"], 1) == ["1,000"]
+    assert pred_items(["1,2"], 2) == ["1", "2"] and pred_items(["1", "1"], 2) == ["1"]
 
 
 def test_normalised_match_is_exact_on_numbers():
@@ -118,6 +154,22 @@ def test_adversarial_latex_scores_zero_within_the_limit(completion):
     start = time.monotonic()
     assert math_reward(completion, "12") == 0.0
     assert time.monotonic() - start < 12.0  # the per-call limit (5 s) plus a worker restart
+
+
+def test_many_parts_and_boxes_stay_fast():
+    start = time.monotonic()
+    assert math_reward("\\boxed{1}, " * 600, "1") == 0.0  # one answer of 600 parts: a list of guesses
+    assert math_reward("\\boxed{1}", ", ".join(map(str, range(50)))) == 0.0
+    assert math_reward("answer is " * 400 + "\\boxed{3}", "3") == 1.0
+    assert math_reward("\\boxed{" * 800, "1") == 0.0
+    assert time.monotonic() - start < 5.0
+
+
+def test_slow_parts_share_one_deadline():
+    start = time.monotonic()  # every part would keep sympy busy for minutes
+    slow = "9^{9^{9^{9}}}"
+    assert math_reward(f"\\boxed{{{slow}, {slow}, {slow}}}", "1, 2, 3", timeout_s=0.5) == 0.0
+    assert time.monotonic() - start < 3.0
 
 
 def test_expensive_answer_is_cut_off_by_the_time_limit():

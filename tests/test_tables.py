@@ -86,8 +86,8 @@ def test_best_is_marked_per_block_and_column(reported):
                   & (cells["stage"] == "after RL")]
     assert after.loc[after["best"], "row"].tolist() == ["GIFT (β = 2)"]
     paper = cells[cells["block"] == "paper · Qwen2.5-7B (reported)"]
-    assert paper.loc[paper["best"] & (paper["column"] == "Avg. pass@1"), "text"].tolist() == ["39.79", "52.43"]
-    assert not paper.loc[paper["row"] == "GIFT − SFT (points)", "best"].any()  # a difference, never ranked
+    assert paper.loc[paper["best"] & (paper["column"] == "Avg. pass@1"), "text"].tolist() == ["39.79‡", "52.43"]
+    assert not paper.loc[paper["row"] == "GIFT − SFT (gap)", "best"].any()  # a difference, never ranked
 
     t3, _ = build("table3", reported)
     kl = t3[(t3["block"] == MINI) & (t3["column"] == "KL to base")]
@@ -139,7 +139,7 @@ def test_reported_cells_sit_beside_ours_never_in_them(reported):
         if lay.split:  # the miniature's task gets its own columns; split-free metrics share theirs
             assert not set(cells.loc[cells["block"] == MINI, "column"]) & set(paper["column"])
     cells, _ = build("table1", reported)
-    assert cell(cells, "paper · Llama-3.1-8B (reported)", "GIFT", "Avg. pass@1")["text"] == "35.60"  # as printed
+    assert cell(cells, "paper · Llama-3.1-8B (reported)", "GIFT", "Avg. pass@1")["text"] == "35.60†"  # as printed, marked
 
 
 def test_absent_reported_cells_stay_absent(reported):
@@ -177,8 +177,24 @@ def test_verdict_style_frames_render():
         tables.frame_to_latex(frame, widths=(0.5,))
 
 
+def test_caveats_mark_their_cells_and_are_explained_in_the_notes(reported):
+    lay = tables.layout("table1")
+    cells = tables.reported_cells(reported, lay)
+    marks = tables.caveat_marks(reported, lay)
+    assert len(marks) == 3 and set(marks.values()) == set(tables.CAVEAT_MARKS)
+    inferred = marks[next(c for c in marks if c.startswith("the model and the average are inferred"))]
+    assert cells.loc[cells["mean"].isin([38.92, 39.79]), "text"].tolist() == [f"38.92{inferred}", f"39.79{inferred}"]
+    assert cells.loc[cells["mean"] == 52.43, "text"].tolist() == ["52.43"]  # no caveat: no mark
+    notes = tables.caveat_notes(reported, lay)
+    assert [n[0] for n in notes] == list(tables.CAVEAT_MARKS) and any("points or relative" in n for n in notes)
+    assert any("pass@32" in n for n in notes)
+    assert tables.caveat_notes(reported, tables.layout("table3")) == []
+    assert r"\textsuperscript{\dag}" in tables.latex_escape("1†")
+
+
 def test_reported_file_is_fully_used(reported):
-    assert list(reported.columns) == ["table", "model", "method", "stage", "benchmark", "metric", "value", "source"]
+    assert list(reported.columns) == ["table", "model", "method", "stage", "benchmark", "metric", "value", "caveat",
+                                      "source"]
     assert reported["value"].map(float).notna().all() and (reported["source"].str.contains("FACTS.md")).all()
     used = sum(len(tables.reported_cells(reported, tables.layout(n))) for n in ("table1", "table2", "table3"))
     assert used == len(reported) == 16

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from datasets import Dataset
 
 from gift_lite.losses import LOSSES
 from gift_lite.models import LoraSettings, load_lora, load_qlora
-from gift_lite.trainer import GIFTConfig, GIFTTrainer, TruncationWarning, fused_head
+from gift_lite.trainer import (GIFTConfig, GIFTTrainer, TruncationWarning, fused_head, per_epoch_selection,
+                               pick_checkpoint)
 from transformers import AutoModelForCausalLM
 
 
@@ -199,3 +201,75 @@ def test_qlora_adapters_stay_fp32(tiny_model_dir, tokenizer, sft_rows, tmp_path)
                           processing_class=tokenizer)
     dtypes = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
     assert dtypes == {torch.float32}
+
+
+# -- held-out cross-entropy, the official accumulation, the paper's checkpoint rule -------------
+def evaluate(model, tokenizer, rows, config):
+    trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                          eval_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    return trainer.evaluate()
+
+
+@pytest.mark.parametrize("loss_only", [True, False])  # True: the fused path; False: the logits path
+def test_eval_ce_is_the_same_one_hot_loss_for_every_method(loss_only, tiny_model_dir, tokenizer, sft_rows,
+                                                          tmp_path):
+    """``eval_ce`` is SFT's eval loss whatever the method; ``eval_loss`` is the method's own loss."""
+    found = {}
+    for loss_type, beta in (("sft", 20.0), ("gift", 1.0), ("dft", 20.0), ("asft", 20.0)):
+        model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+        config = make_config(tmp_path / loss_type, loss_type=loss_type, beta=beta, per_device_eval_batch_size=2,
+                             prediction_loss_only=loss_only)
+        found[loss_type] = evaluate(model, tokenizer, sft_rows, config)
+    sft = found["sft"]
+    assert sft["eval_ce"] == pytest.approx(sft["eval_loss"], rel=1e-5)  # equal batches: same means
+    for loss_type in ("gift", "dft", "asft"):
+        assert found[loss_type]["eval_ce"] == pytest.approx(sft["eval_ce"], rel=1e-5), loss_type
+        assert abs(found[loss_type]["eval_loss"] - sft["eval_ce"]) > 1e-3, loss_type
+
+
+def sgd_update(tiny_model_dir, tokenizer, rows, tmp_path, official):
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    before = adapter_state(model)
+    config = make_config(tmp_path, loss_type="gift", beta=1.0, max_steps=1, per_device_train_batch_size=1,
+                         gradient_accumulation_steps=2, optim="sgd", learning_rate=1e-2, max_grad_norm=0.0,
+                         official_grad_accumulation=official)
+    trainer, _ = train(model, tokenizer, rows, config)
+    after = adapter_state(model)
+    return {n: after[n] - before[n] for n in before}, trainer.state.log_history[0]["loss"]
+
+
+def test_official_accumulation_sums_micro_batch_gradients_and_logs_the_mean(tiny_model_dir, tokenizer, sft_rows,
+                                                                          tmp_path):
+    ours, ours_loss = sgd_update(tiny_model_dir, tokenizer, sft_rows, tmp_path / "mean", official=False)
+    official, official_loss = sgd_update(tiny_model_dir, tokenizer, sft_rows, tmp_path / "sum", official=True)
+    assert any(d.abs().max() > 0 for d in ours.values())
+    for n in ours:  # plain SGD, no clipping: the step is lr x gradient, so the sum is twice the mean
+        torch.testing.assert_close(official[n], 2 * ours[n], rtol=1e-4, atol=1e-9)
+    assert official_loss == pytest.approx(ours_loss, rel=1e-6)
+
+
+def test_pick_checkpoint_takes_the_lowest_held_out_loss():
+    history = [{"loss": 1.0, "step": 2}, {"eval_ce": 0.9, "epoch": 1.0, "step": 2},
+               {"eval_ce": 0.7, "epoch": 2.0, "step": 4}, {"eval_ce": 0.7, "epoch": 3.0, "step": 6},
+               {"eval_ce": 0.8, "epoch": 4.0, "step": 8}]
+    best = pick_checkpoint(history, output_dir="runs/x")
+    assert best == {"step": 4, "epoch": 2.0, "eval_ce": 0.7, "checkpoint": str(Path("runs/x") / "checkpoint-4")}
+    assert pick_checkpoint(history, metric="loss")["step"] == 2
+    with pytest.raises(ValueError, match="eval_ce"):
+        pick_checkpoint([{"loss": 1.0, "step": 1}])
+    with pytest.raises(ValueError, match="nan"):
+        pick_checkpoint([{"eval_ce": float("nan"), "step": 1}])
+
+
+def test_per_epoch_selection_saves_each_epoch_and_keeps_the_best(tiny_model_dir, tokenizer, sft_rows, tmp_path):
+    model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    config = make_config(tmp_path, loss_type="gift", beta=1.0, max_steps=-1, num_train_epochs=3,
+                         learning_rate=2e-1, **per_epoch_selection())
+    trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows),
+                          eval_dataset=Dataset.from_list(sft_rows[:2]), processing_class=tokenizer)
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_ce" in log]
+    assert [log["epoch"] for log in evals] == [1.0, 2.0, 3.0]
+    best = pick_checkpoint(trainer.state.log_history, output_dir=config.output_dir)
+    assert best["eval_ce"] == min(log["eval_ce"] for log in evals)
+    assert Path(best["checkpoint"]).is_dir() and trainer.state.best_model_checkpoint == best["checkpoint"]
