@@ -1,0 +1,143 @@
+"""GIFTTrainer on two CPU processes (gloo) under real FSDP2 and under DDP, against one process.
+
+One ``torch.distributed.run`` launch trains every case of ``CASES`` on 2 ranks x batch 2; the
+same cases run here on one process with batch 2 x gradient accumulation 2, the same global batch
+of the same rows in the same order. Each two-process run must really be what it claims (FSDP2:
+``DTensor`` weights, so a silent fall-back to DDP fails; DDP: a DistributedDataParallel wrapper),
+keep the path it was given (fused or logits), and end with the one-process run's losses, logged
+metrics (on both ranks: they are gathered) and trained weights. accelerate uses FSDP on CPU only
+through ``tests/cpu_fsdp.py``. Also: ``python -m gift_lite.real init`` under ``accelerate launch``
+with ``configs/accelerate_fsdp.yaml``, and its refusal when an FSDP config does not shard.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dist_train
+from gift_lite.real import main as real_main
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+TWO = dict(batch=2, accumulation=1)  # per rank; the one-process twin has batch 2 x accumulation 2
+CASES = {
+    "fsdp-lora-fused": dict(fsdp=True, lora=True, fused=True),
+    "fsdp-full-fused": dict(fsdp=True, lora=False, fused=True),
+    "fsdp-lora-logits": dict(fsdp=True, lora=True, fused=False),
+    "fsdp-full-logits": dict(fsdp=True, lora=False, fused=False),
+    # 5 rows in batches of 2: rank 1 has no third batch and repeats its last (discarded) one
+    "fsdp-lora-cache": dict(fsdp=True, lora=True, fused=True, cache=True, rows=5, steps=1),
+    "ddp-lora-fused": dict(fsdp=False, lora=True, fused=True),
+    "ddp-full-fused": dict(fsdp=False, lora=False, fused=True),
+    "ddp-lora-logits": dict(fsdp=False, lora=True, fused=False),
+    "ddp-full-logits": dict(fsdp=False, lora=False, fused=False),
+    "ddp-full-cache": dict(fsdp=False, lora=False, fused=True, cache=True),
+}
+
+
+def with_cache(case: dict, folder: Path, name: str) -> dict:
+    return {**case, "cache": str(folder / name)} if case.get("cache") else case
+
+
+@pytest.fixture(scope="module")
+def two_process(tiny_model_dir, tmp_path_factory):
+    """Every case on 2 ranks; ``{name: (rank 0 result, rank 1 result)}`` and the cache folder."""
+    work = tmp_path_factory.mktemp("two_process")
+    cases = [with_cache({**case, **TWO}, work / "caches", name) for name, case in CASES.items()]
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"model_dir": str(tiny_model_dir), "out_dir": str(work), "cases": cases}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(TESTS / "dist_train.py"), str(spec), str(work / "result.pt")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    ranks = [torch.load(work / f"result.pt.rank{r}", weights_only=False) for r in (0, 1)]
+    return {name: (r0, r1) for name, r0, r1 in zip(CASES, *ranks)}, work / "caches"
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tmp_path_factory):
+    """The one-process twin of each distinct case (FSDP and DDP share theirs)."""
+    work = tmp_path_factory.mktemp("one_process")
+    twins, out = {}, {}
+    for name, case in CASES.items():
+        twin = {k: v for k, v in case.items() if k != "fsdp"}
+        key = json.dumps(twin, sort_keys=True)
+        if key not in twins:
+            run = with_cache({**twin, "fsdp": False, "batch": 2, "accumulation": 2}, work / "caches", name)
+            twins[key] = dist_train.train_case(str(tiny_model_dir), run, str(work))
+        out[name] = twins[key]
+    return out, work / "caches"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_train_as_one(name, two_process, one_process):
+    (r0, r1), one, case = two_process[0][name], one_process[0][name], CASES[name]
+    if case["fsdp"]:
+        assert (r0["distributed_type"], r0["sharded"]) == ("FSDP", True), r0["wrapper"]
+        assert r0["wrapper"].startswith("FSDP")  # FSDP2 swaps in FSDP<class>
+    else:
+        assert (r0["distributed_type"], r0["sharded"], r0["wrapper"]) == ("MULTI_CPU", False,
+                                                                          "DistributedDataParallel")
+    assert r0["world_size"] == 2 and one["world_size"] == 1
+    assert r0["fused"] is one["fused"] is case["fused"]  # no silent fall-back to the logits path
+    assert len(r0["loss"]) == case.get("steps", 3)
+    np.testing.assert_allclose(r0["loss"], one["loss"], rtol=1e-6, atol=0)
+    for metric in ("entropy", "mean_token_accuracy"):  # gathered: rank 1 logs what rank 0 logs
+        np.testing.assert_allclose(r1[metric], r0[metric], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(r0[metric], one[metric], rtol=1e-6, atol=0)
+    assert r0["weights"].keys() == one["weights"].keys()
+    trained = [n for n in one["weights"] if ("lora_" in n) == case["lora"]]
+    assert trained
+    for n, w in one["weights"].items():
+        torch.testing.assert_close(r0["weights"][n], w, rtol=1e-6, atol=1e-7, msg=n)
+        torch.testing.assert_close(r1["weights"][n], r0["weights"][n], rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.get("cache")])
+def test_reference_cache_built_by_all_ranks_matches_one_process(name, two_process, one_process):
+    """Built by the ranks together (sharded under FSDP2): the same key (the fingerprint hashes the
+    full weights) and the same stored rows as the one-process build."""
+    (r0, r1), one = two_process[0][name], one_process[0][name]
+    assert r0["cache_built"] and r1["cache_built"] and one["cache_built"]
+    assert r0["cache_keys"] == one["cache_keys"] and len(r0["cache_keys"]) == 1
+    key = r0["cache_keys"][0]
+    two_dir, one_dir = two_process[1] / name / key, one_process[1] / name / key
+    files = sorted(p.name for p in one_dir.iterdir())
+    assert files == sorted(p.name for p in two_dir.iterdir()) and "hidden.npy" in files
+    for file in files:
+        if file.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(two_dir / file), np.load(one_dir / file), err_msg=file)
+
+
+def test_real_init_under_accelerate_launch_with_the_fsdp_config(tmp_path):
+    """The README's FSDP command on 2 CPU processes (bf16, as the config says): sharded, recorded."""
+    out = tmp_path / "fsdp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "configs" / "accelerate_fsdp.yaml"), "--num_processes", "2",
+                           str(TESTS / "cpu_fsdp.py"), "gift_lite.real", "init", "--preset", "smoke",
+                           "--no-four-bit", "--max-steps", "2", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
+    stats = json.loads((out / "stats.json").read_text())
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed == stats
+    assert (stats["distributed_type"], stats["world_size"], stats["sharded"]) == ("FSDP", 2, True)
+    assert math.isfinite(stats["train/loss"]) and (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_real_init_refuses_an_fsdp_config_that_does_not_shard(tmp_path, monkeypatch):
+    """What ``accelerate launch`` with an FSDP config sets, on a run accelerate does not shard
+    (one CPU process here; on CPU accelerate never shards): refused before training."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RuntimeError, match=r"asks for FSDP .* set up NO on 1 process.*nothing would be sharded"):
+        real_main(["init", "--preset", "smoke", "--no-four-bit", "--max-steps", "1", "--out", str(tmp_path)])
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "stats.json").exists()
