@@ -515,9 +515,15 @@ def check_parallelism(accelerator) -> dict:
 
     accelerate 1.15 turns an FSDP config into FSDP only on GPU-like devices; on CPU processes it
     silently falls back to plain data parallelism (every rank holding the whole model), so a run
-    that was meant to shard must not go on as if it did.
+    that was meant to shard must not go on as if it did. Also refused: a world of another size
+    than the launcher's ``WORLD_SIZE`` (DeepSpeed on CPU: one process each, unsharded data).
     """
     got = accelerator.distributed_type.value
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # what torchrun / accelerate launch started
+    if launched != accelerator.num_processes:
+        raise RuntimeError(f"{launched} processes were launched but accelerate set up {got} with "
+                           f"{accelerator.num_processes}: each would train on its own (accelerate 1.15 sets up "
+                           "DeepSpeed on CPU processes this way)")
     for asked, variable in LAUNCH_REQUESTS.items():
         if os.environ.get(variable, "false").lower() == "true" and got != asked:
             raise RuntimeError(f"the accelerate config asks for {asked} ({variable}=true), but accelerate set up "

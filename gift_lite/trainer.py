@@ -238,6 +238,10 @@ class GIFTTrainer(SFTTrainer):
             raise ValueError("the model has weights on the meta device (FSDP's cpu_ram_efficient_loading loads "
                              "them on rank 0 only), so the frozen base copy would be empty: turn it off for "
                              "full fine-tuning with an anchor")
+        if any(hasattr(t, "ds_id") for t in self._frozen_base.parameters()):
+            raise ValueError("the model was loaded partitioned by DeepSpeed ZeRO-3, so the frozen base copy holds "
+                             "empty shards no engine gathers: use LoRA (its anchor is the adapter-free model) "
+                             "or ZeRO-2 for full fine-tuning with an anchor")
         if not self.place_model_on_device and getattr(self._frozen_base, "hf_device_map", None) is None:
             self._frozen_base.to(self.accelerator.device)
 
@@ -577,8 +581,11 @@ def _own_class(module) -> type:
 
 
 def _plain_weight(weight, sharded: bool = True) -> bool:
-    """An ordinary ``nn.Parameter``, or (``sharded``) FSDP2's ``DTensor`` parameter."""
-    return type(weight) is torch.nn.Parameter or (sharded and DTensor is not None and isinstance(weight, DTensor))
+    """An ordinary ``nn.Parameter`` (not one DeepSpeed ZeRO-3 partitioned: it carries a ``ds_id``
+    and is empty outside the modules' own forward), or (``sharded``) FSDP2's ``DTensor`` one."""
+    if type(weight) is torch.nn.Parameter:
+        return not hasattr(weight, "ds_id")
+    return sharded and DTensor is not None and isinstance(weight, DTensor)
 
 
 def _fsdp_unit(root, module):

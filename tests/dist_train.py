@@ -5,7 +5,8 @@ Imported by tests/test_distributed.py for the one-process runs, and run as a scr
 two-process ones (gloo, CPU): every rank runs every case of the JSON spec in order and saves
 the results of all of them to ``OUT.rank<r>`` (``torch.save``). ``"fsdp": true`` shards the model
 with FSDP2 through ``GIFTConfig(fsdp=..., fsdp_config=...)``, made to work on CPU by
-``cpu_fsdp.enable()``; otherwise a multi-process run is DDP.
+``cpu_fsdp.enable()``; ``"zero": 2`` or ``3`` uses DeepSpeed (``GIFTConfig(deepspeed=...)``, which
+runs on CPU as it is, over gloo); otherwise a multi-process run is DDP.
 """
 
 import json
@@ -42,21 +43,27 @@ def full_state(model) -> dict[str, torch.Tensor]:
 def train_case(model_dir: str, case: dict, out_dir: str) -> dict:
     """One run of GIFT (beta = 1) from the saved model. ``case``: ``lora`` (else full fine-tuning),
     ``fused`` (``GIFTConfig.fused_loss``), ``fsdp``, ``batch`` (per device), ``accumulation``;
-    optional ``cache`` (a reference cache folder), ``rows`` (of ``ROWS``, default 4), ``steps``
-    (default 3)."""
+    optional ``zero`` (a DeepSpeed ZeRO stage), ``checkpointing`` (gradient checkpointing),
+    ``cache`` (a reference cache folder), ``rows`` (of ``ROWS``, default 4), ``steps`` (default 3)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if case["lora"]:
         torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
         model = add_lora(model, LoraSettings(r=4, lora_alpha=8))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     extra = {"fsdp": "full_shard", "fsdp_config": dict(FSDP_CONFIG)} if case["fsdp"] else {}
+    if case.get("zero"):
+        extra = {"deepspeed": {"zero_optimization": {"stage": case["zero"]},
+                 "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                 "gradient_clipping": "auto", "zero_allow_untested_optimizer": True}}
     config = GIFTConfig(output_dir=str(Path(out_dir) / "out"), loss_type="gift", beta=1.0,
                         max_steps=case.get("steps", 3),
                         per_device_train_batch_size=case["batch"],
                         gradient_accumulation_steps=case["accumulation"], learning_rate=5e-2,
-                        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0,
+                        logging_steps=1, save_strategy="no", report_to=[], seed=0,
                         disable_tqdm=True, max_length=64, fused_loss=case["fused"],
-                        reference_cache=case.get("cache"), ddp_find_unused_parameters=False, **extra)
+                        reference_cache=case.get("cache"), ddp_find_unused_parameters=False,
+                        gradient_checkpointing=case.get("checkpointing", False),
+                        **{"use_cpu": True, **extra})
     rows = Dataset.from_list([{"prompt": p, "completion": c} for p, c in ROWS[:case.get("rows", 4)]])
     trainer = GIFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
     trainer.train()

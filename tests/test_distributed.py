@@ -10,6 +10,7 @@ through ``tests/cpu_fsdp.py``. Also: ``python -m gift_lite.real init`` under ``a
 with ``configs/accelerate_fsdp.yaml``, and its refusal when an FSDP config does not shard.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +33,8 @@ CASES = {
     "fsdp-full-fused": dict(fsdp=True, lora=False, fused=True),
     "fsdp-lora-logits": dict(fsdp=True, lora=True, fused=False),
     "fsdp-full-logits": dict(fsdp=True, lora=False, fused=False),
+    # gradient checkpointing (the gpu preset's) re-runs each layer's forward inside FSDP's backward
+    "fsdp-lora-fused-checkpointing": dict(fsdp=True, lora=True, fused=True, checkpointing=True),
     # 5 rows in batches of 2: rank 1 has no third batch and repeats its last (discarded) one
     "fsdp-lora-cache": dict(fsdp=True, lora=True, fused=True, cache=True, rows=5, steps=1),
     "ddp-lora-fused": dict(fsdp=False, lora=True, fused=True),
@@ -40,40 +43,67 @@ CASES = {
     "ddp-full-logits": dict(fsdp=False, lora=False, fused=False),
     "ddp-full-cache": dict(fsdp=False, lora=False, fused=True, cache=True),
 }
+# DeepSpeed, when installed (not a dependency: README "Beyond one GPU"). ZeRO-3 partitions the
+# head, so the fused path falls back to the logits path (expected "fused": False) and ZeRO-3's
+# bucketed reduce-scatter rounds differently: equal to 2e-5 (weights: 1e-5 absolute).
+DEEPSPEED_CASES = {
+    "zero2-lora-fused": dict(zero=2, lora=True, fused=True),
+    "zero2-full-fused": dict(zero=2, lora=False, fused=True),
+    "zero2-lora-logits": dict(zero=2, lora=True, fused=False),
+    "zero2-full-logits": dict(zero=2, lora=False, fused=False),
+    "zero3-lora-fused": dict(zero=3, lora=True, fused=True),
+}
 
 
 def with_cache(case: dict, folder: Path, name: str) -> dict:
     return {**case, "cache": str(folder / name)} if case.get("cache") else case
 
 
-@pytest.fixture(scope="module")
-def two_process(tiny_model_dir, tmp_path_factory):
-    """Every case on 2 ranks; ``{name: (rank 0 result, rank 1 result)}`` and the cache folder."""
-    work = tmp_path_factory.mktemp("two_process")
-    cases = [with_cache({**case, **TWO}, work / "caches", name) for name, case in CASES.items()]
+def launch_two(cases: dict, model_dir, work: Path) -> dict:
+    """Every case on 2 ranks, one launch; ``{name: (rank 0 result, rank 1 result)}``."""
     spec = work / "spec.json"
-    spec.write_text(json.dumps({"model_dir": str(tiny_model_dir), "out_dir": str(work), "cases": cases}))
+    runs = [with_cache({"fsdp": False, **case, **TWO}, work / "caches", name) for name, case in cases.items()]
+    spec.write_text(json.dumps({"model_dir": str(model_dir), "out_dir": str(work), "cases": runs}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(TESTS / "dist_train.py"), str(spec), str(work / "result.pt")],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     ranks = [torch.load(work / f"result.pt.rank{r}", weights_only=False) for r in (0, 1)]
-    return {name: (r0, r1) for name, r0, r1 in zip(CASES, *ranks)}, work / "caches"
+    return {name: (r0, r1) for name, r0, r1 in zip(cases, *ranks)}
+
+
+@pytest.fixture(scope="module")
+def two_process(tiny_model_dir, tmp_path_factory):
+    """Every case of ``CASES`` on 2 ranks, and the folder of their reference caches."""
+    work = tmp_path_factory.mktemp("two_process")
+    return launch_two(CASES, tiny_model_dir, work), work / "caches"
+
+
+def twin_of(case: dict) -> dict:
+    """The one-process run a two-process case must reproduce: the same case without gradient
+    checkpointing (it changes no number) and, for ZeRO-3, on the logits path."""
+    twin = {k: v for k, v in case.items() if k not in ("fsdp", "zero", "checkpointing")}
+    return {**twin, "fused": False} if case.get("zero") == 3 else twin
 
 
 @pytest.fixture(scope="module")
 def one_process(tiny_model_dir, tmp_path_factory):
-    """The one-process twin of each distinct case (FSDP and DDP share theirs)."""
+    """The one-process twin of each distinct case (FSDP, DDP and DeepSpeed share theirs)."""
     work = tmp_path_factory.mktemp("one_process")
     twins, out = {}, {}
-    for name, case in CASES.items():
-        twin = {k: v for k, v in case.items() if k != "fsdp"}
-        key = json.dumps(twin, sort_keys=True)
-        if key not in twins:
-            run = with_cache({**twin, "fsdp": False, "batch": 2, "accumulation": 2}, work / "caches", name)
-            twins[key] = dist_train.train_case(str(tiny_model_dir), run, str(work))
-        out[name] = twins[key]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank runs
+    try:
+        for name, case in {**CASES, **DEEPSPEED_CASES}.items():
+            twin = twin_of(case)
+            key = json.dumps(twin, sort_keys=True)
+            if key not in twins:
+                run = with_cache({**twin, "fsdp": False, "batch": 2, "accumulation": 2}, work / "caches", name)
+                twins[key] = dist_train.train_case(str(tiny_model_dir), run, str(work))
+            out[name] = twins[key]
+    finally:
+        torch.set_num_threads(threads)
     return out, work / "caches"
 
 
@@ -99,6 +129,26 @@ def test_two_processes_train_as_one(name, two_process, one_process):
     for n, w in one["weights"].items():
         torch.testing.assert_close(r0["weights"][n], w, rtol=1e-6, atol=1e-7, msg=n)
         torch.testing.assert_close(r1["weights"][n], r0["weights"][n], rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+@pytest.mark.parametrize("name", list(DEEPSPEED_CASES))
+def test_deepspeed_two_processes_train_as_one(name, one_process, deepspeed_runs):
+    (r0, r1), one, case = deepspeed_runs[name], one_process[0][name], DEEPSPEED_CASES[name]
+    assert (r0["distributed_type"], r0["world_size"], r0["wrapper"]) == ("DEEPSPEED", 2, "DeepSpeedEngine")
+    assert r0["fused"] is one["fused"] is twin_of(case)["fused"]
+    tol, atol = (2e-5, 1e-5) if case["zero"] == 3 else (1e-6, 1e-7)
+    np.testing.assert_allclose(r0["loss"], one["loss"], rtol=tol, atol=0)
+    for metric in ("entropy", "mean_token_accuracy"):
+        np.testing.assert_allclose(r1[metric], r0[metric], rtol=1e-12, atol=0)
+        np.testing.assert_allclose(r0[metric], one[metric], rtol=tol, atol=0)
+    for n, w in one["weights"].items():
+        torch.testing.assert_close(r0["weights"][n], w, rtol=tol, atol=atol, msg=n)
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(tiny_model_dir, tmp_path_factory):
+    return launch_two(DEEPSPEED_CASES, tiny_model_dir, tmp_path_factory.mktemp("deepspeed"))
 
 
 @pytest.mark.parametrize("name", [n for n, c in CASES.items() if c.get("cache")])
