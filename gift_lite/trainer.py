@@ -233,12 +233,13 @@ class GIFTTrainer(SFTTrainer):
 
     def _place_frozen_base(self) -> None:
         """Put the frozen copy on this process's device when Trainer leaves placement to
-        ``prepare`` (FSDP, DeepSpeed), which never sees the copy: each rank holds all of it."""
-        if any(t.is_meta for t in self._frozen_base.parameters()):
+        ``prepare`` (FSDP, DeepSpeed), which never sees the copy: each rank holds all of it.
+        Refuses a model whose weights are not all here (meta tensors, ZeRO-3 partitions)."""
+        if any(t.is_meta for t in self.model.parameters()):
             raise ValueError("the model has weights on the meta device (FSDP's cpu_ram_efficient_loading loads "
                              "them on rank 0 only), so the frozen base copy would be empty: turn it off for "
                              "full fine-tuning with an anchor")
-        if any(hasattr(t, "ds_id") for t in self._frozen_base.parameters()):
+        if any(hasattr(t, "ds_id") for t in self.model.parameters()):  # deepcopy drops the attribute
             raise ValueError("the model was loaded partitioned by DeepSpeed ZeRO-3, so the frozen base copy holds "
                              "empty shards no engine gathers: use LoRA (its anchor is the adapter-free model) "
                              "or ZeRO-2 for full fine-tuning with an anchor")
