@@ -6,8 +6,9 @@ of the same rows in the same order. Each two-process run must really be what it 
 ``DTensor`` weights, so a silent fall-back to DDP fails; DDP: a DistributedDataParallel wrapper),
 keep the path it was given (fused or logits), and end with the one-process run's losses, logged
 metrics (on both ranks: they are gathered) and trained weights. accelerate uses FSDP on CPU only
-through ``tests/cpu_fsdp.py``. Also: ``python -m gift_lite.real init`` under ``accelerate launch``
-with ``configs/accelerate_fsdp.yaml``, and its refusal when an FSDP config does not shard.
+through ``tests/cpu_fsdp.py``. DeepSpeed ZeRO-2/3 the same way, when it is installed. Also:
+``python -m gift_lite.real init`` under ``accelerate launch`` with ``configs/accelerate_fsdp.yaml``,
+and its refusal when an FSDP config does not shard.
 """
 
 import importlib.util
@@ -191,3 +192,26 @@ def test_real_init_refuses_an_fsdp_config_that_does_not_shard(tmp_path, monkeypa
     with pytest.raises(RuntimeError, match=r"asks for FSDP .* set up NO on 1 process.*nothing would be sharded"):
         real_main(["init", "--preset", "smoke", "--no-four-bit", "--max-steps", "1", "--out", str(tmp_path)])
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "stats.json").exists()
+
+
+def test_check_parallelism_compares_what_was_asked_with_what_accelerate_set_up(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from gift_lite.real import check_parallelism
+
+    def accelerator(kind, n):
+        return SimpleNamespace(distributed_type=kind, num_processes=n, device=torch.device("cpu"))
+
+    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "WORLD_SIZE"):
+        monkeypatch.delenv(variable, raising=False)
+    assert check_parallelism(accelerator(DistributedType.NO, 1)) == {"distributed_type": "NO", "world_size": 1}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert check_parallelism(accelerator(DistributedType.MULTI_CPU, 2))["world_size"] == 2
+    with pytest.raises(RuntimeError, match="2 processes were launched but accelerate set up DEEPSPEED with 1"):
+        check_parallelism(accelerator(DistributedType.DEEPSPEED, 1))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(RuntimeError, match=r"asks for DEEPSPEED .* set up MULTI_CPU on 2"):
+        check_parallelism(accelerator(DistributedType.MULTI_CPU, 2))
+    assert check_parallelism(accelerator(DistributedType.DEEPSPEED, 2))["distributed_type"] == "DEEPSPEED"
