@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate import PartialState
-from torch.distributed.tensor import DTensor
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, pre_tokenizers
 from tokenizers import models as tokenizer_models
@@ -53,7 +52,7 @@ from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
-from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.trainer import GIFTConfig, GIFTTrainer, fsdp_sharded
 from gift_lite.world import set_special_tokens
 
 INF = float("inf")
@@ -500,7 +499,7 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
         parallel = check_parallelism(trainer.accelerator)
         with measure() as stats:
             trainer.train(resume_from_checkpoint=resume)
-        parallel["sharded"] = any(isinstance(p, DTensor) for p in trainer.model.parameters())
+        parallel["sharded"] = fsdp_sharded(trainer.model)
         tokens = tokens_since(trainer, "num_input_tokens_seen", resume)
         _save_trained_adapter(trainer, Path(out_dir))
     at_limit = trainer.length_report.get("at_max_length", 0) + trainer.length_report.get("dropped", 0)
@@ -516,14 +515,14 @@ def check_parallelism(accelerator) -> dict:
     accelerate 1.15 turns an FSDP config into FSDP only on GPU-like devices; on CPU processes it
     silently falls back to plain data parallelism (every rank holding the whole model), so a run
     that was meant to shard must not go on as if it did. Also refused: a world of another size
-    than the launcher's ``WORLD_SIZE`` (DeepSpeed on CPU: one process each, unsharded data).
+    than the launcher's ``WORLD_SIZE`` (seen with DeepSpeed on CPU processes when Trainer's
+    ``use_cpu`` is off: DeepSpeed joins the ranks, accelerate counts one).
     """
     got = accelerator.distributed_type.value
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # what torchrun / accelerate launch started
     if launched != accelerator.num_processes:
         raise RuntimeError(f"{launched} processes were launched but accelerate set up {got} with "
-                           f"{accelerator.num_processes}: each would train on its own (accelerate 1.15 sets up "
-                           "DeepSpeed on CPU processes this way)")
+                           f"{accelerator.num_processes}: each would train on its own, on all the data")
     for asked, variable in LAUNCH_REQUESTS.items():
         if os.environ.get(variable, "false").lower() == "true" and got != asked:
             raise RuntimeError(f"the accelerate config asks for {asked} ({variable}=true), but accelerate set up "

@@ -555,6 +555,11 @@ def fused_head(model) -> torch.nn.Linear | None:
     return head
 
 
+def fsdp_sharded(model) -> bool:
+    """Whether any weight of ``model`` is an FSDP2 shard (a ``DTensor``)."""
+    return DTensor is not None and any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def unsharded_head(root) -> torch.nn.Linear:
     """``fused_head`` of ``root`` (the accelerate-unwrapped model), with its full weight in place.
 
