@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shutil
 import string
@@ -52,7 +53,7 @@ from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
-from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.trainer import GIFTConfig, GIFTTrainer, fsdp_sharded
 from gift_lite.world import set_special_tokens
 
 INF = float("inf")
@@ -61,6 +62,8 @@ PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps")
 MIN_FREE_MB = 1024  # ours: free disk a run's folder needs (adapters; checkpoints with optimizer states)
 TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
 SAMPLES = "data/samples"
+# What an accelerate config's distributed_type asks for: the variable `accelerate launch` sets.
+LAUNCH_REQUESTS = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,13 +516,41 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
         trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows),
                               processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
+        parallel = check_parallelism(trainer.accelerator)
         with measure() as stats:
             trainer.train(resume_from_checkpoint=resume)
+        parallel["sharded"] = fsdp_sharded(trainer.model)
         tokens = tokens_since(trainer, "num_input_tokens_seen", resume)
         _save_trained_adapter(trainer, Path(out_dir))
     at_limit = trainer.length_report.get("at_max_length", 0) + trainer.length_report.get("dropped", 0)
     return {"train/loss": mean_logged_loss(trainer), "train/rows": len(sft_rows),
-            "train/rows_at_max_length": at_limit, "tokens": tokens, **stats}
+            "train/rows_at_max_length": at_limit, "tokens": tokens, **stats, **parallel}
+
+
+def check_parallelism(accelerator) -> dict:
+    """``distributed_type`` (accelerate's name: ``NO``, ``MULTI_GPU``, ``MULTI_CPU``, ``FSDP``,
+    ``DEEPSPEED``) and ``world_size`` of this run, after refusing a launch whose accelerate config
+    asked for FSDP or DeepSpeed and did not get it.
+
+    accelerate 1.15 turns an FSDP config into FSDP only on GPU-like devices; on CPU processes it
+    silently falls back to plain data parallelism (every rank holding the whole model), so a run
+    that was meant to shard must not go on as if it did. Also refused: a world of another size
+    than the launcher's ``WORLD_SIZE`` (seen with DeepSpeed on CPU processes when Trainer's
+    ``use_cpu`` is off: DeepSpeed joins the ranks, accelerate counts one).
+    """
+    got = accelerator.distributed_type.value
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # what torchrun / accelerate launch started
+    if launched != accelerator.num_processes:
+        raise RuntimeError(f"{launched} processes were launched but accelerate set up {got} with "
+                           f"{accelerator.num_processes}: each would train on its own, on all the data")
+    for asked, variable in LAUNCH_REQUESTS.items():
+        if os.environ.get(variable, "false").lower() == "true" and got != asked:
+            raise RuntimeError(f"the accelerate config asks for {asked} ({variable}=true), but accelerate set up "
+                               f"{got} on {accelerator.num_processes} process(es) of device "
+                               f"{accelerator.device.type!r}: nothing would be sharded. accelerate enables "
+                               f"{asked} only on GPUs (or similar accelerators); on CPU launch without that "
+                               "config (e.g. --multi_gpu, plain data parallelism)")
+    return {"distributed_type": got, "world_size": accelerator.num_processes}
 
 
 def _save_trained_adapter(trainer, out_dir: Path) -> None:
@@ -640,7 +671,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Under ``accelerate launch`` every process runs this; Trainer shards the data (DDP), or the
     model (FSDP / DeepSpeed) as the accelerate config says; rank 0 saves the adapter and prints
-    one JSON line of stats.
+    one JSON line of stats, among them ``distributed_type``, ``world_size`` and ``sharded``
+    (whether the trained weights were FSDP2 shards). A config asking for FSDP or DeepSpeed that
+    accelerate did not honour is refused before training (``check_parallelism``).
     """
     parser = argparse.ArgumentParser(prog="python -m gift_lite.real")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -678,9 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = with_chat_template(RealData(rows, skipped, [], []), tokenizer, settings.chat_template).sft
     rows, too_long = filter_by_length(rows, tokenizer, settings.init.max_length)
     stats = train_initialiser(settings, model_path, rows, args.seed, args.out / "adapter")
-    stats.update({"processes": state.num_processes, "train/rows_empty": skipped, "train/rows_too_long": too_long})
+    stats.update({"train/rows_empty": skipped, "train/rows_too_long": too_long})
     if state.is_main_process:
-        stats = {k: (v if math.isfinite(v) else None) for k, v in stats.items()}
+        stats = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}
         write_json(args.out / "stats.json", stats)
         print(json.dumps(stats))
     return 0

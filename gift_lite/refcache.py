@@ -62,6 +62,11 @@ import torch.nn.functional as F
 
 from gift_lite import losses
 
+try:  # torch built without distributed has no DTensor
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    DTensor = None
+
 FORMAT_VERSION = 1
 # torch dtype -> (NumPy dtype on disk, name in meta.json). NumPy has no bfloat16: its bits are
 # stored as uint16 and viewed back.
@@ -73,6 +78,8 @@ _BY_NAME = {name: dtype for dtype, (_, name) in _DTYPES.items()}
 # -- the key ------------------------------------------------------------------------------------
 def _hash_tensor(h, name: str, tensor: torch.Tensor) -> None:
     t = tensor.detach()
+    if DTensor is not None and isinstance(t, DTensor):  # an FSDP2 shard: hash the whole tensor
+        t = t.full_tensor()
     h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
     flat = t.reshape(-1)
     if flat.numel():
@@ -82,7 +89,8 @@ def _hash_tensor(h, name: str, tensor: torch.Tensor) -> None:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """blake2b of every parameter and buffer of ``model`` except LoRA adapters (``lora_`` names):
     names, shapes, dtypes and bytes, so another checkpoint, dtype or quantisation changes it. Costs
-    about one second per GB of weights."""
+    about one second per GB of weights. Under FSDP2 each sharded weight is all-gathered first, one
+    at a time, so the fingerprint is the unsharded model's; every rank must call it then."""
     h = hashlib.blake2b(digest_size=16)
     named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers())
     for name, tensor in sorted(named, key=lambda item: item[0]):

@@ -27,7 +27,15 @@ for full fine-tuning, the frozen copy's head. Everything else (other losses, oth
 ``compute_loss(return_outputs=True)`` as in evaluation with logits) takes the logits path. On the
 fused path the ``entropy`` and ``mean_token_accuracy`` metrics are averaged over at most
 ``metrics_max_tokens`` evenly spaced response tokens per micro-batch (one small head matmul)
-instead of all of them.
+instead of all of them. On every path they are token-weighted means over all ranks.
+
+Several processes (``accelerate launch``): whether the fused path applies is checked again on
+the model as accelerate prepared it. Under FSDP2 the head is an ``FSDPLinear`` with a sharded
+``DTensor`` weight, and since the fused path never calls its ``forward``, FSDP's hooks never
+gather it: ``unsharded_head`` calls the unit's ``unshard()`` (FSDP2's own all-gather), and the
+root's post-backward callback reduce-scatters the head's gradient and reshards it. Two CPU
+processes under FSDP2 or DDP train to the same losses and weights as one process with the same
+global batch (tests/test_distributed.py).
 
 The reference cache (``GIFTConfig.reference_cache``, ``gift_lite.refcache``): the base's
 per-token outputs for the whole training set, computed at the first training step and read back
@@ -37,7 +45,10 @@ index in the prepared training set: the trainer adds a ``gift_example_index`` co
 it through ``remove_unused_columns`` (``_set_signature_columns_if_needed``) and through TRL's
 collator (which keeps only the keys it knows; a thin wrapper re-attaches it as a tensor), so the
 sampler may shuffle freely. Packing and padding-free batches mix examples in one row and are
-refused with the cache. Evaluation batches carry no index and use the live reference.
+refused with the cache. Evaluation batches carry no index and use the live reference. With
+several processes the cache is built by all of them at the first step, before any forward pass
+(so under FSDP2 the fingerprint hashes the gathered full weights, the key one process computes):
+each rank computes its share of the batches, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
@@ -61,6 +73,12 @@ from gift_lite import refcache
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
                               DEFAULT_KL_COEF, HPARAM_CHECKS, LOSS_HPARAMS, LOSSES, fused_gift_loss)
 from gift_lite.models import cuda_bf16
+
+try:  # FSDP2 (torch >= 2.6); a torch built without distributed has neither
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    FSDPModule = DTensor = None
 
 FUSED_LOSSES = ("sft", "gift")  # computed from hidden states when the model allows (sft: beta = inf)
 INDEX_COLUMN = "gift_example_index"  # the prepared training row's index, for the reference cache
@@ -213,6 +231,7 @@ class GIFTTrainer(SFTTrainer):
             # closure to the *student's* original forward; drop it so the copy runs its own class
             # forward. (Without this the "frozen" anchor was the live student.)
             self._frozen_base.__dict__.pop("forward", None)
+            self._place_frozen_base()
         self._snapshot: dict[str, torch.Tensor] = {}
         self._snapshot_block = -1
         self.ref_cache: refcache.ReferenceCache | None = None
@@ -220,10 +239,25 @@ class GIFTTrainer(SFTTrainer):
         if args.reference_cache is not None:
             self._index_training_rows()
 
+    def _place_frozen_base(self) -> None:
+        """Put the frozen copy on this process's device when Trainer leaves placement to
+        ``prepare`` (FSDP, DeepSpeed), which never sees the copy: each rank holds all of it.
+        Refuses a model whose weights are not all here (meta tensors, ZeRO-3 partitions)."""
+        if any(t.is_meta for t in self.model.parameters()):
+            raise ValueError("the model has weights on the meta device (FSDP's cpu_ram_efficient_loading loads "
+                             "them on rank 0 only), so the frozen base copy would be empty: turn it off for "
+                             "full fine-tuning with an anchor")
+        if any(hasattr(t, "ds_id") for t in self.model.parameters()):  # deepcopy drops the attribute
+            raise ValueError("the model was loaded partitioned by DeepSpeed ZeRO-3, so the frozen base copy holds "
+                             "empty shards no engine gathers: use LoRA (its anchor is the adapter-free model) "
+                             "or ZeRO-2 for full fine-tuning with an anchor")
+        if not self.place_model_on_device and getattr(self._frozen_base, "hf_device_map", None) is None:
+            self._frozen_base.to(self.accelerator.device)
+
     # -- the one overridden method -------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-        if self.fused and not return_outputs:
+        if self.fused and not return_outputs and self._prepared_head_fuses(model):
             return self._official_scaling(model, self._fused_loss(model, inputs, model_inputs))
         outputs = model(**model_inputs, use_cache=False)
         logits = outputs.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
@@ -259,19 +293,41 @@ class GIFTTrainer(SFTTrainer):
             self._metrics["eval"]["ce"].append((total / count).item())
 
     # -- the fused path ----------------------------------------------------------------------
+    def _prepared_head_fuses(self, model) -> bool:
+        """Whether the model as prepared (DDP, FSDP2, ...) still has a head the fused path can use.
+
+        ``__init__`` decides on the bare model; accelerate wraps it later, in ``train()``. A head
+        that no longer qualifies falls back to the logits path (warned once), except with the
+        reference cache, which needs the fused path.
+        """
+        if fused_head(_causal_lm(self.accelerator.unwrap_model(model))) is not None:
+            return True
+        if self.args.reference_cache is not None:
+            raise ValueError("reference_cache needs the fused path, but the prepared model's lm_head is "
+                             f"{type(_causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings())}")
+        warnings.warn("the prepared model's lm_head does not fit the fused loss; using the logits path",
+                      stacklevel=3)
+        self.fused = False
+        return False
+
     def _fused_loss(self, model, inputs, model_inputs) -> torch.Tensor:
         """``fused_gift_loss`` on the final hidden states: no ``[tokens x vocab]`` tensor."""
-        hidden = model(**model_inputs, use_cache=False, **{HIDDEN_KWARG: True}).last_hidden_state
-        head = fused_head(_causal_lm(self.accelerator.unwrap_model(model)))
-        weight, bias = head.weight, head.bias
-        hidden = hidden[:, :-1].to(weight.dtype)  # (B, T-1, D); accelerate may hand back fp32
-        labels = inputs["labels"][:, 1:]
         beta = math.inf if self.args.loss_type == "sft" else float(self.args.beta)
         lam = self.args.smooth_lambda if self.args.loss_type == "gift" else 0.0
         index = inputs.get(INDEX_COLUMN)
+        cached = self.args.reference_cache is not None and index is not None and model.training
+        if cached and not math.isinf(beta) and self.ref_cache is None:
+            # Before the step's first forward: under FSDP2 every weight is still a shard, so the
+            # fingerprint hashes the same full weights as on one process.
+            self.ref_cache = self._open_or_build_cache(model)
+        hidden = model(**model_inputs, use_cache=False, **{HIDDEN_KWARG: True}).last_hidden_state
+        head = unsharded_head(self.accelerator.unwrap_model(model))
+        weight, bias = head.weight, head.bias
+        hidden = hidden[:, :-1].to(weight.dtype)  # (B, T-1, D); accelerate may hand back fp32
+        labels = inputs["labels"][:, 1:]
         if math.isinf(beta):  # SFT: the reference is not used
             loss = fused_gift_loss(hidden, hidden, weight, labels, beta=beta, bias=bias)
-        elif self.args.reference_cache is not None and index is not None and model.training:
+        elif cached:
             loss = self._cached_loss(model, hidden, weight, bias, labels, index, beta, lam)
         else:
             ref_hidden, ref_head = self._reference_hidden(model, model_inputs)
@@ -297,14 +353,13 @@ class GIFTTrainer(SFTTrainer):
         return out.last_hidden_state[:, :-1], None
 
     def _reference_head(self, model):
+        """The reference head's full ``(V, D)`` weight and bias (an FSDP2 shard is all-gathered)."""
         head = (self._frozen_base.get_output_embeddings() if self._frozen_base is not None
                 else fused_head(_causal_lm(self.accelerator.unwrap_model(model))))
-        return head.weight, head.bias
+        return _full(head.weight), None if head.bias is None else _full(head.bias)
 
     def _cached_loss(self, model, hidden, weight, bias, labels, index, beta, lam) -> torch.Tensor:
-        """The loss with the reference read from the cache (built on first use)."""
-        if self.ref_cache is None:
-            self.ref_cache = self._open_or_build_cache(model)
+        """The loss with the reference read from the cache (built at the first step, ``_fused_loss``)."""
         mask = labels != -100
         rows = self.ref_cache.rows(index.tolist(), device=hidden.device)
         h, y = hidden[mask], labels[mask]  # (n, D), (n,): row-major, the order the cache stores
@@ -317,7 +372,8 @@ class GIFTTrainer(SFTTrainer):
                                            rows["gold_logprobs"], beta=beta, smooth_lambda=lam, bias=bias)
         ref_w, ref_b = self._reference_head(model)
         shared = self._frozen_base is None
-        return fused_gift_loss(h, rows["hidden"], weight, y, beta=beta, smooth_lambda=lam, bias=bias,
+        ref_hidden = rows["hidden"].to(weight.dtype)  # stored in the full head's dtype (FSDP2: its shard's)
+        return fused_gift_loss(h, ref_hidden, weight, y, beta=beta, smooth_lambda=lam, bias=bias,
                                ref_lm_head_weight=None if shared else ref_w, ref_bias=None if shared else ref_b)
 
     # -- the reference cache -------------------------------------------------------------------
@@ -351,20 +407,43 @@ class GIFTTrainer(SFTTrainer):
                 "hidden_size": weight.shape[1], "vocab": weight.shape[0]}
 
     def _open_or_build_cache(self, model) -> refcache.ReferenceCache:
+        """Open the cache for this model and data, or build it; every process calls this.
+
+        Collective: the key hashes full weights (all-gathered under FSDP2), rank 0 decides
+        whether a valid cache exists, and a build shares the reference pass among all ranks
+        (``_build_cache``). The others then open what rank 0 wrote, so ``reference_cache`` must
+        be a folder every process sees (one machine, or a shared file system).
+        """
         parts = self._cache_parts(model)
         key = refcache.cache_key(parts)
         # response tokens per example: labels[1:] as compute_loss shifts them
         counts = [sum(1 for y in labels[1:] if y != -100) for labels in self.train_dataset["labels"]]
-        with self.accelerator.main_process_first():  # rank 0 builds; the others then open it
+        main = self.accelerator.is_main_process
+        cache = refcache.open_cache(self.args.reference_cache, key, counts) if main else None
+        found = cache is not None
+        if self.accelerator.num_processes > 1:  # rank 0's answer, so every rank takes the same branch
+            found = broadcast_object_list([found])[0]
+        if not found:
+            start = time.perf_counter()
+            cache = self._build_cache(model, key, parts, counts)
+            self.ref_cache_build_s = time.perf_counter() - start
+        self.accelerator.wait_for_everyone()
+        if cache is None:
             cache = refcache.open_cache(self.args.reference_cache, key, counts)
-            if cache is None:
-                start = time.perf_counter()
-                cache = self._build_cache(model, key, parts, counts)
-                self.ref_cache_build_s = time.perf_counter() - start
+        if cache is None:
+            raise RuntimeError(f"process {self.accelerator.process_index} cannot read the reference cache that "
+                               f"rank 0 wrote under {self.args.reference_cache}: put it on a file system every "
+                               "process sees")
         return cache
 
-    def _build_cache(self, model, key: str, parts: dict, counts: list[int]) -> refcache.ReferenceCache:
-        """One reference pass over the training rows in index order, the live path's code."""
+    def _build_cache(self, model, key: str, parts: dict, counts: list[int]) -> refcache.ReferenceCache | None:
+        """One reference pass over the training rows, the live path's code, shared among ranks.
+
+        Batch ``b`` (rows ``b*size`` onward, in index order) is computed by rank ``b % world``;
+        rank 0 gathers the rows and writes the cache (returned there; None elsewhere). Every rank
+        runs the same number of forward passes (FSDP2's all-gathers are collective), repeating
+        its last batch when it has none left.
+        """
         rows = self.train_dataset.select_columns(["input_ids", "labels"])
         weight, bias = self._reference_head(model)
         topk = self.args.reference_cache_topk
@@ -373,19 +452,31 @@ class GIFTTrainer(SFTTrainer):
         specs = refcache.specs_for(topk, weight.shape[1], weight.dtype)
         collate = getattr(self.data_collator, "collator", self.data_collator)
         size = self.args.per_device_train_batch_size
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        starts = list(range(0, len(rows), size))
+
+        def compute(start: int):
+            ids = list(range(start, min(start + size, len(rows))))
+            batch = self._prepare_inputs(collate([rows[i] for i in ids]))
+            model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+            labels = batch["labels"][:, 1:]
+            ref_hidden, _ = self._reference_hidden(model, model_inputs)
+            mask = labels != -100
+            return ids, refcache.reference_rows(ref_hidden[mask], labels[mask], weight, bias, topk)
 
         def batches():
-            for start in tqdm(range(0, len(rows), size), desc="reference cache",
-                              disable=self.args.disable_tqdm):
-                ids = list(range(start, min(start + size, len(rows))))
-                batch = self._prepare_inputs(collate([rows[i] for i in ids]))
-                model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-                labels = batch["labels"][:, 1:]
-                ref_hidden, _ = self._reference_hidden(model, model_inputs)
-                mask = labels != -100
-                yield ids, refcache.reference_rows(ref_hidden[mask], labels[mask], weight, bias, topk)
+            for first in tqdm(range(0, len(starts), world), desc="reference cache",
+                              disable=self.args.disable_tqdm or not self.accelerator.is_main_process):
+                mine = first + rank < len(starts)
+                ids, out = compute(starts[min(first + rank, len(starts) - 1)])
+                part = (ids, {k: v.cpu() for k, v in out.items()}) if mine else None
+                yield from (p for p in _gather_to_main(part, world) if p is not None)
 
-        return refcache.build_cache(self.args.reference_cache, key, counts, specs, batches(), parts)
+        if self.accelerator.is_main_process:
+            return refcache.build_cache(self.args.reference_cache, key, counts, specs, batches(), parts)
+        for _ in batches():  # the other ranks compute and send their share
+            pass
+        return None
 
     # -- anchors ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -421,16 +512,21 @@ class GIFTTrainer(SFTTrainer):
     # -- diagnostics -----------------------------------------------------------------------
     @torch.no_grad()
     def _log_token_metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """``entropy`` and ``mean_token_accuracy`` of this micro-batch over every rank's tokens.
+
+        Collective (every rank calls it once per micro-batch, with or without tokens): the sums
+        are all-reduced, so the logged value is the token-weighted mean over the ranks.
+        """
         mode = "train" if self.model.training else "eval"
         mask = labels != -100
-        n = int(mask.sum())
+        logp = torch.log_softmax(logits[mask].float(), dim=-1)
+        sums = torch.stack([-(logp.exp() * logp).sum(), (logp.argmax(-1) == labels[mask]).sum(),
+                            mask.sum()]).double()
+        entropy, correct, n = self.accelerator.reduce(sums, reduction="sum").tolist()
         if n == 0:
             return
-        logp = torch.log_softmax(logits[mask].float(), dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1).mean().item()
-        accuracy = (logp.argmax(-1) == labels[mask]).float().mean().item()
-        self._metrics[mode]["entropy"].append(entropy)
-        self._metrics[mode]["mean_token_accuracy"].append(accuracy)
+        self._metrics[mode]["entropy"].append(entropy / n)
+        self._metrics[mode]["mean_token_accuracy"].append(correct / n)
 
     @torch.no_grad()
     def _log_sampled_metrics(self, hidden, weight, bias, labels) -> None:
@@ -439,7 +535,7 @@ class GIFTTrainer(SFTTrainer):
         k = self.args.metrics_max_tokens
         mask = labels != -100
         n = int(mask.sum())
-        if k == 0 or n == 0:
+        if k == 0:
             return
         rows, y = hidden[mask], labels[mask]
         if n > k:
@@ -479,11 +575,13 @@ def fused_head(model) -> torch.nn.Linear | None:
     ``model``: the transformers causal LM (under PEFT: ``get_base_model()``). Requires a backbone
     (``model.base_model`` is not the model itself), a plain ``nn.Linear`` head with an ordinary
     weight (not LoRA-wrapped, not bitsandbytes-quantised; bitsandbytes leaves lm_head alone), and
-    no logit scaling or soft-capping in the config.
+    no logit scaling or soft-capping in the config. FSDP2 counts as plain: ``fully_shard`` turns
+    the head into an ``FSDPLinear`` (a subclass of ``FSDPModule`` and ``nn.Linear``) whose weight
+    is a ``DTensor`` shard; ``unsharded_head`` gathers it.
     """
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
-    if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
+    if _own_class(head) is not torch.nn.Linear or not _plain_weight(head.weight):
         return None
     if getattr(model, "base_model", model) is model:
         return None
@@ -491,6 +589,77 @@ def fused_head(model) -> torch.nn.Linear | None:
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
         return None
     return head
+
+
+def fsdp_sharded(model) -> bool:
+    """Whether any weight of ``model`` is an FSDP2 shard (a ``DTensor``)."""
+    return DTensor is not None and any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def unsharded_head(root) -> torch.nn.Linear:
+    """``fused_head`` of ``root`` (the accelerate-unwrapped model), with its full weight in place.
+
+    Under FSDP2 the fused path never calls the head's ``forward``, so FSDP's pre-forward hook
+    never all-gathers it: this calls ``unshard()`` on the FSDP unit holding the head (FSDP2's own
+    all-gather; a no-op when the unit is already unsharded). The unit stays unsharded until the
+    backward pass ends, where the root's post-backward callback reduce-scatters the head's
+    gradient (full fine-tuning) and reshards it, as for any unit whose forward did not run.
+    """
+    head = fused_head(_causal_lm(root))
+    unit = _fsdp_unit(root, head)
+    if unit is not None:
+        unit.unshard()
+    if not _plain_weight(head.weight, sharded=False):
+        raise RuntimeError(f"lm_head.weight is still a {type(head.weight).__name__} after unsharding")
+    return head
+
+
+def _own_class(module) -> type:
+    """``type(module)`` seen through FSDP2's wrapper class ``FSDP<cls>(FSDPModule, cls)``."""
+    cls = type(module)
+    if FSDPModule is not None and isinstance(module, FSDPModule):
+        cls = next(base for base in cls.__bases__ if base is not FSDPModule)
+    return cls
+
+
+def _plain_weight(weight, sharded: bool = True) -> bool:
+    """An ordinary ``nn.Parameter`` (not one DeepSpeed ZeRO-3 partitioned: it carries a ``ds_id``
+    and is empty outside the modules' own forward), or (``sharded``) FSDP2's ``DTensor`` one."""
+    if type(weight) is torch.nn.Parameter:
+        return not hasattr(weight, "ds_id")
+    return sharded and DTensor is not None and isinstance(weight, DTensor)
+
+
+def _fsdp_unit(root, module):
+    """The FSDP2 module whose parameter group holds ``module``'s weight: ``module`` itself or its
+    innermost ``FSDPModule`` ancestor in ``root``; None without FSDP2."""
+    if FSDPModule is None or not any(isinstance(m, FSDPModule) for m in (root, module)):
+        return None
+    if isinstance(module, FSDPModule):
+        return module
+    path = next(name for name, m in root.named_modules() if m is module).split(".")
+    for depth in range(len(path) - 1, -1, -1):
+        owner = root.get_submodule(".".join(path[:depth]))
+        if isinstance(owner, FSDPModule):
+            return owner
+    return None
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: an FSDP2 ``DTensor`` shard is all-gathered (collective), others as is."""
+    return tensor.full_tensor() if DTensor is not None and isinstance(tensor, DTensor) else tensor
+
+
+def _gather_to_main(obj, world: int) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0 (pickled through the process group);
+    ``[]`` on the other ranks; ``[obj]`` for one process."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
 
 
 def _add_hidden_forward(model) -> None:

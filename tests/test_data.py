@@ -232,7 +232,8 @@ def test_init_command_reports_the_rows_it_dropped(tmp_path):
     assert real_main(["init", "--preset", "smoke", "--max-steps", "1", "--out", str(tmp_path)]) == 0
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
-    assert stats["processes"] == 1 and stats["train/rows"] >= 1 and math.isfinite(stats["train/loss"])
+    assert stats["world_size"] == 1 and stats["distributed_type"] == "NO" and not stats["sharded"]
+    assert stats["train/rows"] >= 1 and math.isfinite(stats["train/loss"])
     assert {stats[k] for k in ("train/rows_empty", "train/rows_too_long", "train/rows_at_max_length")} == {0}
 
 
