@@ -51,6 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from memtools import step_timer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 RL_CONFIGS = {  # name -> levers
     "committed": {"lora": True, "gc": True, "length": 24},
     "full": {"lora": False, "gc": True, "length": 24},
@@ -92,7 +94,6 @@ def _setup(tiny: bool, workdir: Path):
 
 def rl_child(name: str, args) -> dict:
     import torch
-    from transformers import TrainerCallback
 
     from gift_lite import mini
     from gift_lite.repro import seed_everything
@@ -108,23 +109,15 @@ def rl_child(name: str, args) -> dict:
         policy = mini.add_lora(policy, settings.init.lora)
     rl = replace(settings.rl, max_steps=args.warmup + args.steps, gradient_checkpointing=levers["gc"],
                  max_completion_length=levers["length"] if not args.tiny else min(levers["length"], 16))
-    times = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.start)
-
+    timer = step_timer()
     with tempfile.TemporaryDirectory() as scratch:
         config = grpo_config(rl, scratch, seed=args.seed, disable_tqdm=True, use_cpu=True,
                              steps_per_generation=levers.get("steps_per_generation", 1))
         trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
-                           callbacks=[Timer()])
+                           callbacks=[timer])
     logs = [log for log in trainer.state.log_history if "reward" in log]
     lengths = [log["completions/mean_length"] for log in logs[args.warmup:]]
-    step = statistics.median(times[args.warmup:])
+    step = statistics.median(timer.times[args.warmup:])
     per_update = rl.per_device_train_batch_size
     return {"s_per_step": step, "s_per_completion": step / per_update, "completions_per_update": per_update,
             "tokens_per_s": statistics.mean(lengths) * per_update / step,
