@@ -240,6 +240,7 @@ def main(argv=None) -> int:
         write_csv(Path(args.out).with_name("rl_agreement.csv"), pd.DataFrame(agree))
     write_run_json(Path(args.out).with_name(Path(args.out).stem + "_run.json"),
                    {**{k: v for k, v in vars(args).items() if k not in ("child", "workdir")},
+                    "out": os.path.relpath(args.out, ROOT) if Path(args.out).resolve().is_relative_to(ROOT) else args.out,
                     "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "goals": GOALS})
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

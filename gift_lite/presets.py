@@ -78,7 +78,7 @@ MINI = MiniSettings(
 MINI_FT_WORLD = WorldConfig(max_number=13, n_val=200, n_rl=2400)
 MINI_FT = MiniSettings(
     world=MINI_FT_WORLD,
-    init=InitSettings(lora=None, learning_rate=1e-4, num_train_epochs=1),  # selected (notebook 09)
+    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected (notebook 09)
     eval=EvalSettings(max_new_tokens=20, curve_every=25, curve_samples=8, n_train_eval=200),  # PROTOCOL.md §5
     rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=20, gradient_checkpointing=False,
                     lr_scheduler_type="constant", learning_rate=1e-4, max_steps=1),  # lr, steps: selected
