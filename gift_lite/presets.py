@@ -81,7 +81,7 @@ MINI_FT = MiniSettings(
     init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected (notebook 09)
     eval=EvalSettings(max_new_tokens=20, curve_every=25, curve_samples=8, n_train_eval=200),  # PROTOCOL.md §5
     rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=20, gradient_checkpointing=False,
-                    lr_scheduler_type="constant", learning_rate=1e-4, max_steps=1),  # lr, steps: selected
+                    lr_scheduler_type="constant", learning_rate=1e-4, max_steps=325),  # lr, steps: selected
     rl_methods=("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only"),
     decisive_seeds=(3, 4), decisive_beta=1.0)  # decisive_beta: beta* (notebook 09)
 
