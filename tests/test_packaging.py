@@ -57,3 +57,18 @@ def test_every_notebook_has_a_parameters_cell():
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path.name
         assert "preset" in tagged[0].source, path.name
+
+
+def test_papermill_reads_every_parameter():
+    """papermill's parser skips a line with two '=' (e.g. one in its comment) with only a warning,
+    which hides that parameter from `papermill --help-notebook` and from tools built on it."""
+    import ast
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(c for c in nbformat.read(path, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        assigned = [target.id for node in ast.parse(cell.source).body for target in node.targets]
+        assert [p.name for p in PythonTranslator.inspect(cell)] == assigned, path.name
