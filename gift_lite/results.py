@@ -67,12 +67,14 @@ def _umask() -> int:
     return mask
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+# The writers below return None: a notebook cell that ends with one shows nothing (a returned
+# path would print this machine's absolute path under nbval, which ignores a trailing ';').
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # The fixed format of floats in result CSVs: 10 significant digits, far more than any table or
@@ -106,21 +108,21 @@ def format_float(value: float) -> str:
     return repr(value + 0.0)  # + 0.0 turns -0.0 into 0.0
 
 
-def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Write ``frame`` (no index, ``\\n`` line ends) with floats in the fixed ``format_float`` form;
     inside a ``units/`` folder (``EXACT_FOLDER``) floats are written exactly instead."""
-    path = Path(path)
-    if EXACT_FOLDER in path.parent.parts:
-        return atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n"))
-    fixed = frame.copy()
-    for name in fixed.columns[fixed.dtypes == object]:  # floats mixed with text: pandas would not format them
-        fixed[name] = fixed[name].map(lambda v: format_float(v) if isinstance(v, float) and not math.isnan(v) else v)
-    return atomic_write(path, lambda p: fixed.to_csv(p, index=False, lineterminator="\n", float_format=format_float))
+    exact = EXACT_FOLDER in Path(path).parent.parts
+    if not exact:
+        frame = frame.copy()
+        for name in frame.columns[frame.dtypes == object]:  # floats among text: pandas would write their repr
+            frame[name] = frame[name].map(lambda v: format_float(v) if isinstance(v, float) and not math.isnan(v) else v)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n",
+                                             float_format=None if exact else format_float))
 
 
-def write_run_json(path: str | Path, config: dict) -> Path:
+def write_run_json(path: str | Path, config: dict) -> None:
     """The ``*_run.json`` beside a result file: config, versions, device, git SHA."""
-    return write_json(path, run_info(config))
+    write_json(path, run_info(config))
 
 
 def long_rows(rows: list[dict], *, method: str, beta: float, seed: int, stage: str) -> pd.DataFrame:

@@ -33,8 +33,8 @@ def test_smoke_never_writes_committed_results():
 
 
 def test_run_json_records_config_versions_device_and_sha(tmp_path):
-    path = write_run_json(tmp_path / "x_run.json", {"beta": 5.0})
-    info = json.loads(path.read_text())
+    assert write_run_json(tmp_path / "x_run.json", {"beta": 5.0}) is None  # nothing for a notebook cell to show
+    info = json.loads((tmp_path / "x_run.json").read_text())
     assert info["config"] == {"beta": 5.0}
     assert info["versions"]["torch"].startswith("2.")
     assert info["device"]["cpu_count"] >= 1
@@ -77,7 +77,8 @@ def test_csv_floats_are_fixed_except_in_unit_files(tmp_path):
         "method,beta,value,ours", "sft,inf,0.2248333333,text", "gift,20.0,,0.123456789", "base,0.0,0.3333333333,"]
     back = pd.read_csv(tmp_path / "results.csv")
     assert back["beta"].dtype == float and back["value"].dtype == float
-    exact = pd.read_csv(write_csv(tmp_path / "units" / "init" / "gift_b20_s0.csv", frame))
+    write_csv(tmp_path / "units" / "init" / "gift_b20_s0.csv", frame)
+    exact = pd.read_csv(tmp_path / "units" / "init" / "gift_b20_s0.csv")
     assert exact["value"].iloc[0] == 0.22483333333333333 and exact["value"].iloc[2] == 1 / 3  # bit for bit
 
 
