@@ -72,3 +72,20 @@ def test_papermill_reads_every_parameter():
                     if "parameters" in c.metadata.get("tags", []))
         assigned = [target.id for node in ast.parse(cell.source).body for target in node.targets]
         assert [p.name for p in PythonTranslator.inspect(cell)] == assigned, path.name
+
+
+def test_make_lab_starts_as_root_too():
+    """Jupyter refuses root without --allow-root (Docker, cloud notebooks); a user keeps the default."""
+    import os
+    import subprocess
+
+    recipe = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                            check=True).stdout.splitlines()[-1]
+    assert recipe.startswith(".venv/bin/jupyter lab notebooks/")
+    assert recipe.endswith("--allow-root") == (os.geteuid() == 0)
+
+
+def test_ci_installs_chromium_for_the_browser_test():
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install" in run and "chromium chromium-driver" in run
+    assert run.index("chromium-driver") < run.index("make test")
