@@ -77,11 +77,12 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-# The fixed format of floats in result CSVs: 10 significant digits, far more than any table or
-# figure shows (at most 4), and far fewer than the ~16 in which two machines' float64 arithmetic
-# (other SIMD kernels, other summation orders) can differ, so a rerun elsewhere writes the same
-# bytes. Values below 1e-3 are rounded to 12 decimal places instead: those near zero are often
-# rounding noise (a KL of -9e-17 for 0) whose every digit changes from one machine to the next.
+# The fixed format of floats in result CSVs: 10 significant digits, more than any table or figure
+# shows (at most 4), while two machines' float64 arithmetic (other SIMD kernels, other summation
+# orders) differs from about the 15th on, so a rerun elsewhere writes the same bytes unless a
+# value falls within ~1e-15 of a rounding boundary. Values below 1e-3 are rounded to 12 decimal
+# places instead: near zero they are often rounding noise (a KL of -9e-17 for 0) whose every
+# digit changes from one machine to the next.
 CSV_SIGNIFICANT_DIGITS = 10
 CSV_DECIMAL_PLACES = 12
 # Unit files (data/<world>/units/) are caches that later runs read back and aggregate: their
@@ -115,7 +116,8 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     if not exact:
         frame = frame.copy()
         for name in frame.columns[frame.dtypes == object]:  # floats among text: pandas would write their repr
-            frame[name] = frame[name].map(lambda v: format_float(v) if isinstance(v, float) and not math.isnan(v) else v)
+            frame[name] = frame[name].map(lambda v: format_float(v) if isinstance(v, float) and not math.isnan(v)
+                                          else v)
     atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n",
                                              float_format=None if exact else format_float))
 
