@@ -150,7 +150,11 @@ def test_notebook_01_runs_in_jupyterlab_and_the_beta_slider_redraws(lab, browser
     base, token = lab
     browser.get(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
     WebDriverWait(browser, SERVER_START_S).until(lambda d: (cell_state(d) or {}).get("status") == "idle")
-    browser.execute_script("return window.jupyterapp.commands.execute('notebook:run-all-cells');")
+    # Clear the saved outputs and counts first, so that all_ran waits for this kernel's run; the
+    # commands' promises are not returned (selenium would wait on them under its script timeout).
+    browser.execute_script("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs');")
+    WebDriverWait(browser, REDRAW_S).until(lambda d: not any(c["count"] or c["types"] for c in cell_state(d)["cells"]))
+    browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
     WebDriverWait(browser, RUN_ALL_S).until(all_ran)
 
     cells = cell_state(browser)["cells"]
