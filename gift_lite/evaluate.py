@@ -308,15 +308,18 @@ def weight_geometry(a, b, *, param_name: str | None = None) -> dict[str, float]:
 @torch.no_grad()
 def gold_probs(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64,
                add_eos: bool = True) -> torch.Tensor:
-    """The model's probability of each gold response token (and EOS), flattened: (N_tokens,).
+    """The model's probability of each gold response token (and EOS), flattened: (N_tokens,), float64.
 
     This is ``p_base(y*_t)`` of FACTS.md §2 when ``model`` is the base: it decides how far the
-    GIFT target is from one-hot at each β (``losses.gold_mass``).
+    GIFT target is from one-hot at each β (``losses.gold_mass``). The softmax runs in float64:
+    float32 ``exp`` kernels differ from one CPU to another (AVX2, AVX-512) in the last bits, so
+    with a float64 model (``model.double()``) the probabilities agree across machines to ~1e-15.
     """
     out = []
     for ids, attention, response in _response_batches(tokenizer, prompts, completions, batch_size, add_eos,
                                                       _device(model), False, "gold_probs"):
-        probs = torch.softmax(_logits(model, ids, attention)[:, :-1], dim=-1)  # (B, T-1, V)
+        logits = model(input_ids=ids, attention_mask=attention).logits.double()
+        probs = torch.softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
         gold = probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
         out.append(gold[response[:, :-1]].cpu())
     return torch.cat(out)

@@ -112,19 +112,16 @@ def beta_label(beta: float) -> str:
     return f"β = {beta:g}"
 
 
-def save_figure(fig, name: str, figures_dir) -> list[Path]:
+def save_figure(fig, name: str, figures_dir) -> None:
     """Write ``name.png`` (150 dpi) and ``name.pdf`` into ``figures_dir`` atomically.
 
     Metadata that would change between runs (dates, software versions) is left out, so two
-    calls on the same figure give byte-identical files. Returns ``[png_path, pdf_path]``.
+    calls on the same figure give byte-identical files. Returns None, so a notebook cell that
+    ends with this call shows the figure and nothing else (no paths of this machine).
     """
-    paths = []
     for fmt, metadata in _METADATA.items():
-        path = Path(figures_dir) / f"{name}.{fmt}"
-        atomic_write(path, lambda tmp, fmt=fmt, metadata=metadata:
+        atomic_write(Path(figures_dir) / f"{name}.{fmt}", lambda tmp, fmt=fmt, metadata=metadata:
                      fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata))
-        paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------

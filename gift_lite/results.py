@@ -67,21 +67,64 @@ def _umask() -> int:
     return mask
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+# The writers below return None: a notebook cell that ends with one shows nothing (a returned
+# path would print this machine's absolute path under nbval, which ignores a trailing ';').
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: str | Path, obj) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_csv(path: str | Path, frame: pd.DataFrame) -> Path:
-    return atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n"))
+# The fixed format of floats in result CSVs: 10 significant digits, more than any table or figure
+# shows (at most 4), while two machines' float64 arithmetic (other SIMD kernels, other summation
+# orders) differs from about the 15th on, so a rerun elsewhere writes the same bytes unless a
+# value falls within ~1e-15 of a rounding boundary. Values below 1e-3 are rounded to 12 decimal
+# places instead: near zero they are often rounding noise (a KL of -9e-17 for 0) whose every
+# digit changes from one machine to the next.
+CSV_SIGNIFICANT_DIGITS = 10
+CSV_DECIMAL_PLACES = 12
+# Unit files (data/<world>/units/) are caches that later runs read back and aggregate: their
+# floats are written exactly (shortest round-trip repr), so a replay computes from the very
+# float64 values the original run had.
+EXACT_FOLDER = "units"
 
 
-def write_run_json(path: str | Path, config: dict) -> Path:
+def format_float(value: float) -> str:
+    """``value`` as written in a result CSV: ``0.5856838730407641 -> '0.585683873'``.
+
+    Rounded to ``CSV_SIGNIFICANT_DIGITS`` significant digits, or to ``CSV_DECIMAL_PLACES``
+    decimals when ``|value| < 1e-3``, then written as Python's shortest repr of the rounded
+    float (so ``20.0`` stays ``'20.0'`` and reads back as a float); ``-0.0`` is written ``'0.0'``,
+    infinities ``'inf'`` / ``'-inf'``.
+    """
+    value = float(value)
+    if not math.isfinite(value):
+        return repr(value)
+    if abs(value) >= 10.0 ** (CSV_SIGNIFICANT_DIGITS - CSV_DECIMAL_PLACES - 1):
+        value = float(f"{value:.{CSV_SIGNIFICANT_DIGITS}g}")
+    else:
+        value = round(value, CSV_DECIMAL_PLACES)
+    return repr(value + 0.0)  # + 0.0 turns -0.0 into 0.0
+
+
+def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` (no index, ``\\n`` line ends) with floats in the fixed ``format_float`` form;
+    inside a ``units/`` folder (``EXACT_FOLDER``) floats are written exactly instead."""
+    exact = EXACT_FOLDER in Path(path).parent.parts
+    if not exact:
+        frame = frame.copy()
+        for name in frame.columns[frame.dtypes == object]:  # floats among text: pandas would write their repr
+            frame[name] = frame[name].map(lambda v: format_float(v) if isinstance(v, float) and not math.isnan(v)
+                                          else v)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n",
+                                             float_format=None if exact else format_float))
+
+
+def write_run_json(path: str | Path, config: dict) -> None:
     """The ``*_run.json`` beside a result file: config, versions, device, git SHA."""
-    return write_json(path, run_info(config))
+    write_json(path, run_info(config))
 
 
 def long_rows(rows: list[dict], *, method: str, beta: float, seed: int, stage: str) -> pd.DataFrame:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from gift_lite.evaluate import (_decode_until_eos, evaluate_task, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
+from gift_lite.evaluate import (_decode_until_eos, evaluate_task, gold_probs, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
                                 sample_completions, token_entropy, topk_overlap, weight_geometry)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
 from gift_lite.world import Problem, build_tokenizer, set_special_tokens
@@ -105,6 +105,18 @@ def test_entropy_of_uniform_logits_is_log_v(tokenizer):
         model.lm_head.weight.zero_()
     assert token_entropy(model, tokenizer, PROMPTS, COMPLETIONS) == pytest.approx(math.log(TINY.vocab_size), rel=1e-6)
     assert 0 < token_entropy(tiny_model(tokenizer), tokenizer, PROMPTS, COMPLETIONS) <= math.log(TINY.vocab_size)
+
+
+def test_gold_probs_are_float64_and_match_a_direct_softmax(tokenizer):
+    model = tiny_model(tokenizer).double()  # float64 throughout: the same numbers on every CPU
+    p = gold_probs(model, tokenizer, PROMPTS[:1], COMPLETIONS[:1])
+    ids = tokenizer(PROMPTS[0] + COMPLETIONS[0])["input_ids"] + [tokenizer.eos_token_id]
+    n_prompt = len(tokenizer(PROMPTS[0])["input_ids"])
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], dim=-1)
+    expected = probs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][n_prompt - 1:]
+    assert p.dtype == torch.float64 and p.shape == (len(COMPLETIONS[0]) + 1,)  # one token per character, and EOS
+    torch.testing.assert_close(p, expected, rtol=1e-12, atol=0)
 
 
 def test_kl_and_overlap_of_a_model_to_itself(tokenizer):

@@ -8,7 +8,7 @@ import pytest
 from gift_lite import reproduce
 from gift_lite.presets import PRESETS, resolve_preset
 from gift_lite.repro import repo_root, run_info, seed_everything, without_root
-from gift_lite.results import check_results, write_csv, write_json, write_run_json
+from gift_lite.results import check_results, format_float, write_csv, write_json, write_run_json
 
 
 def test_env_var_selects_the_preset(monkeypatch):
@@ -33,8 +33,8 @@ def test_smoke_never_writes_committed_results():
 
 
 def test_run_json_records_config_versions_device_and_sha(tmp_path):
-    path = write_run_json(tmp_path / "x_run.json", {"beta": 5.0})
-    info = json.loads(path.read_text())
+    assert write_run_json(tmp_path / "x_run.json", {"beta": 5.0}) is None  # nothing for a notebook cell to show
+    info = json.loads((tmp_path / "x_run.json").read_text())
     assert info["config"] == {"beta": 5.0}
     assert info["versions"]["torch"].startswith("2.")
     assert info["device"]["cpu_count"] >= 1
@@ -56,6 +56,30 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
         atomic_write(tmp_path / "sub" / "t.csv", fail)
     assert pd.read_csv(tmp_path / "sub" / "t.csv").equals(frame)  # the old file survives
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["t.csv", "t.json"]
+
+
+@pytest.mark.parametrize("value, text", [
+    (0.5856838730407641, "0.585683873"), (0.585683873040764, "0.585683873"),  # two machines' last ulp
+    (20.0, "20.0"), (3, "3.0"), (0.1265625, "0.1265625"), (1e-8, "1e-08"), (1.1051709169133284e-08, "1.1052e-08"),
+    (-9.283704501605257e-17, "0.0"), (-0.0, "0.0"), (float("inf"), "inf"), (-float("inf"), "-inf"),
+    (123456789012.5, "123456789000.0")])
+def test_result_floats_have_one_fixed_format(value, text):
+    assert format_float(value) == text
+    assert format_float(float(text)) == text  # formatting a written value again changes nothing
+
+
+def test_csv_floats_are_fixed_except_in_unit_files(tmp_path):
+    frame = pd.DataFrame({"method": ["sft", "gift", "base"], "beta": [float("inf"), 20.0, 0.0],
+                          "value": [0.22483333333333333, float("nan"), 1 / 3],
+                          "ours": ["text", 0.1234567890123, None]})  # floats among text: object dtype
+    write_csv(tmp_path / "results.csv", frame)
+    assert (tmp_path / "results.csv").read_text().splitlines() == [
+        "method,beta,value,ours", "sft,inf,0.2248333333,text", "gift,20.0,,0.123456789", "base,0.0,0.3333333333,"]
+    back = pd.read_csv(tmp_path / "results.csv")
+    assert back["beta"].dtype == float and back["value"].dtype == float
+    write_csv(tmp_path / "units" / "init" / "gift_b20_s0.csv", frame)
+    exact = pd.read_csv(tmp_path / "units" / "init" / "gift_b20_s0.csv")
+    assert exact["value"].iloc[0] == 0.22483333333333333 and exact["value"].iloc[2] == 1 / 3  # bit for bit
 
 
 def results_row(**overrides):
