@@ -8,6 +8,7 @@ run rewrites the `*_run.json` files, which record the machine and the commit); t
 files are then compared, byte for byte, with this checkout's.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +29,17 @@ REGENERATED = (
     "data/theory/theory_tree_paths.csv", "data/theory/theory_tree_summary.csv",
     "data/mini/claims.csv", "data/mini/beta_curve.csv", "data/mini_rl200/claims.csv",
 )
+
+
+def unexecuted_notebooks(root) -> list[str]:
+    """Notebooks committed without outputs: their `mini` run is not complete yet (notebook 10 while
+    its GRPO units are computed), so a replay would train for hours; they are left out of it."""
+    left_out = []
+    for path in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        if not any(c.get("outputs") for c in cells if c["cell_type"] == "code"):
+            left_out.append(path.relative_to(root).as_posix())
+    return left_out
 
 
 def result_files(root) -> list[str]:
@@ -51,7 +63,8 @@ def replay(tmp_path_factory):
     env = {**os.environ, "GIFT_PRESET": "mini", "PYTHONPATH": str(copy)}
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-                           "--nbval-current-env", "--nbval-sanitize-with", SANITIZE, "notebooks/"],
+                           "--nbval-current-env", "--nbval-sanitize-with", SANITIZE, "notebooks/"]
+                          + [f"--ignore={name}" for name in unexecuted_notebooks(copy)],
                           cwd=copy, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     return copy, proc, start
 
@@ -74,3 +87,7 @@ def test_every_result_file_keeps_its_bytes(replay):
     assert result_files(copy) == result_files(ROOT)  # no notebook wrote a result file that is not committed
     differ = [name for name in result_files(ROOT) if (copy / name).read_bytes() != (ROOT / name).read_bytes()]
     assert not differ, f"replaying the notebooks changed {differ}"
+
+
+def test_only_the_notebook_whose_run_is_in_progress_is_left_out():
+    assert set(unexecuted_notebooks(ROOT)) <= {"notebooks/10_ft_claims.ipynb"}
