@@ -167,16 +167,6 @@ PRECISION_COLUMNS = ("n_tokens", "vocab", "hidden", "method", "value", "float64_
 PRECISION_CHUNK = 256  # tokens per chunk of the official / float64 evaluation (memory, ours)
 
 
-def make_inputs(n: int, vocab: int, dim: int, seed: int):
-    """The benchmark's inputs: hidden and reference hidden ``(n, D)``, head ``(V, D)``, labels ``(n,)``."""
-    torch.manual_seed(seed)
-    h = torch.randn(n, dim, requires_grad=True)
-    ref_h = torch.randn(n, dim)
-    w = (torch.randn(vocab, dim) / dim ** 0.5).requires_grad_()
-    labels = torch.randint(0, vocab, (n,))
-    return h, ref_h, w, labels
-
-
 @torch.no_grad()
 def official_value(h, ref_h, w, labels, dtype) -> float:
     """The official formula's mean loss in ``dtype``, chunk by chunk over tokens."""
