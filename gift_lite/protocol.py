@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from gift_lite.evaluate import gold_probs, suggest_beta
-from gift_lite.mini import (INF, MiniSettings, check_unit_settings, load_policy, one_thread, run_base_unit,
-                            run_pool, train_rl, unit_path, worker_world)
+from gift_lite.mini import (INF, MiniSettings, check_unit_settings, load_policy, one_thread, rl_start,
+                            run_base_unit, run_pool, train_initialiser, train_rl, unit_path, worker_world)
 from gift_lite.results import write_csv
 from gift_lite.world import World, expert_solution
 
@@ -81,8 +81,6 @@ def _lr_key(prefix: str, learning_rate: float, seed: int | None = None) -> str:
 def sft_selection_unit(settings: MiniSettings, selection: SelectionSettings, base_dir: Path, data_dir: Path,
                        learning_rate: float) -> pd.DataFrame:
     """Plain SFT at ``learning_rate`` for ``sft_max_epochs``: held-out loss per epoch (0: the base)."""
-    from gift_lite.mini import train_initialiser
-
     path = unit_path(selection_dir(data_dir), "select_sft", _lr_key("sft", learning_rate))
     if path.exists():
         return pd.read_csv(path)
@@ -104,8 +102,6 @@ def rl_selection_unit(settings: MiniSettings, selection: SelectionSettings, base
     if path.exists():
         return pd.read_csv(path)
     check_unit_settings(selection_dir(data_dir), settings, ignore=SELECTED)
-    from gift_lite.mini import rl_start
-
     world = worker_world(settings.world)
 
     def run():
