@@ -17,6 +17,13 @@ one at a time, in this order:
   only to show whether it pays;
 - ``full_nogc_len16_2threads``: one run on two threads (the units run as two one-thread processes).
 
+After them, ``matmul_floor`` (status ``bound``) is not a configuration but a lower bound on
+``full_nogc_len16``: the time one thread needs for the step's matrix products alone (generation,
+forward, and a backward of twice the forward's), each ``nn.Linear`` of the model timed at its
+own shape for the step's token counts (mean prompt tokens + that run's mean completion length);
+attention, norms, sampling and the optimizer are left out. Its ``speedup`` is the most any
+configuration of this model at 128 completions per update could reach on one thread.
+
 Eval rows time ``mini.evaluate_policy`` (16 samples of each of the 200 + 200 test problems, then
 entropy, KL and top-K overlap on held-out text) on the SFT seed-0 initialiser: ``committed`` (its
 LoRA adapter on the base, 32 new tokens, 512 sequences per ``generate`` call), ``merged`` (the same
@@ -145,6 +152,38 @@ def eval_child(name: str, args) -> dict:
             "tokens_per_s": None, "threads": 1}
 
 
+def floor_child(args, completion_len: float) -> dict:
+    """The matmul-only lower bound on a full-fine-tuning step (see the module docstring)."""
+    import torch
+
+    from gift_lite import mini
+
+    torch.set_num_threads(1)
+    settings, world, base, _ = _setup(args.tiny, Path(args.workdir))
+    policy, tokenizer = mini.load_policy(base)
+    prompts = [len(tokenizer(row["prompt"])["input_ids"]) for row in world.rl_dataset()]
+    batch = settings.rl.per_device_train_batch_size
+    sequence = statistics.mean(prompts) + completion_len
+    shapes = [m.weight.shape for m in policy.modules() if isinstance(m, torch.nn.Linear)]
+
+    def seconds(rows: int) -> float:  # all of the model's projections once, on ``rows`` tokens
+        total = 0.0
+        for out_features, in_features in shapes:
+            x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+            torch.nn.functional.linear(x, w)
+            start = time.perf_counter()
+            for _ in range(5):
+                torch.nn.functional.linear(x, w)
+            total += (time.perf_counter() - start) / 5
+        return total
+
+    train = seconds(round(batch * sequence))
+    generate = seconds(round(batch * statistics.mean(prompts))) + completion_len * seconds(batch)
+    step = 3 * train + generate
+    return {"s_per_step": step, "s_per_completion": step / batch, "completions_per_update": batch,
+            "tokens_per_s": completion_len * batch / step, "threads": 1}
+
+
 def run_child(part: str, name: str, args) -> dict:
     """One configuration in a fresh process (in this one with ``--tiny``); a failure becomes a row
     with its status."""
@@ -233,6 +272,12 @@ def main(argv=None) -> int:
             base = summarise(part, "committed", runs[(part, "committed")], None) if (part, "committed") in runs else {}
             for p in [p for p in parts if p[0] == part]:
                 rows.append(summarise(*p, runs[p], base.get("s_per_completion")))
+            fast = next((r for r in rows if r["config"] == "full_nogc_len16" and r.get("tokens_per_s")), None)
+            if part == "rl" and fast:
+                length = fast["tokens_per_s"] * fast["s_per_step"] / fast["completions_per_update"]
+                floor = summarise("rl", "matmul_floor", [{"status": "ok", **floor_child(args, length)}],
+                                  base.get("s_per_completion"))
+                rows.append({**floor, "status": "bound"})
         agree = agreement(args) if args.agreement else []
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     write_csv(args.out, frame)
@@ -245,9 +290,12 @@ def main(argv=None) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for part, goal in GOALS.items():
-        best = frame[(frame["part"] == part) & frame["speedup"].notna()]
+        best = frame[(frame["part"] == part) & frame["speedup"].notna() & (frame["status"] == "ok")]
         if len(best):
             print(f"{part}: best speedup {best['speedup'].max():.2f}x (goal {goal:g}x)")
+    bound = frame[frame["status"] == "bound"]
+    if len(bound):
+        print(f"rl: the matmul floor allows at most {bound['speedup'].iloc[0]:.2f}x on one thread")
     return 0
 
 

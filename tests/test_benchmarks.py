@@ -73,9 +73,12 @@ def test_bench_rl_tiny_writes_csv_and_run_json(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)
     assert list(frame.columns) == RL_COLUMNS
-    assert (frame["status"] == "ok").all(), frame["status"].tolist()
+    assert frame["status"].tolist() == ["ok", "ok", "bound", "ok", "ok"], frame["status"].tolist()
     assert list(zip(frame["part"], frame["config"])) == [("rl", "committed"), ("rl", "full_nogc_len16"),
-                                                         ("eval", "committed"), ("eval", "merged_len16")]
+                                                         ("rl", "matmul_floor"), ("eval", "committed"),
+                                                         ("eval", "merged_len16")]
+    floor, fast = frame.set_index("config").loc[["matmul_floor", "full_nogc_len16"], "s_per_step"].iloc[0:2]
+    assert 0 < floor < fast  # a lower bound below the configuration it bounds
     assert (frame["s_per_completion"] > 0).all() and frame["speedup"].notna().all()
     assert frame.loc[frame["config"] == "committed", "speedup"].tolist() == [1.0, 1.0]
     assert (frame.loc[frame["part"] == "rl", "completions_per_update"] == 16).all()
@@ -83,7 +86,7 @@ def test_bench_rl_tiny_writes_csv_and_run_json(tmp_path):
     assert set(agreement["config"]) == {"full", "full_nogc_len16"} and len(agreement) == 4
     run = json.loads(out.with_name("rl_step_run.json").read_text())
     assert run["config"]["tiny"] is True and "goals" in run["config"]
-    assert "rl: best speedup" in done.stdout
+    assert "rl: best speedup" in done.stdout and "matmul floor" in done.stdout
 
 
 GPU_SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
