@@ -65,10 +65,12 @@ def evaluate_base(world: World, settings: MiniSettings, base_dir: Path, data_dir
 # -- β* -----------------------------------------------------------------------------------------
 def beta_star(base_dir: Path, world: World, grid: tuple[float, ...]) -> tuple[float, float]:
     """``suggest_beta`` from the base's gold-token probabilities on the SFT data, and the finite
-    grid point nearest to it in log β: ``(suggested, chosen)``."""
+    grid point nearest to it in log β: ``(suggested, chosen)``. ``suggested`` is rounded to 4
+    significant digits: the float32 forward pass differs in its last bits from one CPU to another
+    (a replay changed the 9th digit), and the result files must not."""
     model, tokenizer = load_policy(base_dir)
     p = gold_probs(model, tokenizer, [q.prompt for q in world.sft], [expert_solution(q) for q in world.sft])
-    suggested = suggest_beta(p)
+    suggested = float(f"{suggest_beta(p):.4g}")
     finite = [b for b in grid if b != INF]
     return suggested, min(finite, key=lambda b: abs(math.log(b) - math.log(suggested)))
 

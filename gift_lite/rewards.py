@@ -89,6 +89,7 @@ def countdown_reward_func(completions, numbers, target, **kwargs) -> list[float]
 
 import atexit  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import queue  # noqa: E402
 import subprocess  # noqa: E402
@@ -370,9 +371,10 @@ for line in sys.stdin:
     try:
         request = json.loads(line)
         rid = request["id"]
-        gold = parse("\\boxed{" + request["gold"] + "}", parsing_timeout=1)
-        pred = parse("\\boxed{" + request["pred"] + "}", parsing_timeout=1)
-        ok = bool(gold and pred and verify(gold, pred, timeout_seconds=1))
+        seconds = request["seconds"]  # the caller's budget: 1 s failed 2*sqrt(2) = sqrt(8) on a loaded CPU
+        gold = parse("\\boxed{" + request["gold"] + "}", parsing_timeout=seconds)
+        pred = parse("\\boxed{" + request["pred"] + "}", parsing_timeout=seconds)
+        ok = bool(gold and pred and verify(gold, pred, timeout_seconds=seconds))
     except BaseException:
         ok = False
     sys.stdout.write(json.dumps({"id": rid, "ok": ok}) + "\n"); sys.stdout.flush()
@@ -433,7 +435,8 @@ class _MathVerifyWorker:
             self._next_id += 1
             rid = self._next_id
             try:
-                self._proc.stdin.write(json.dumps({"id": rid, "gold": gold, "pred": pred}) + "\n")
+                self._proc.stdin.write(json.dumps({"id": rid, "gold": gold, "pred": pred,
+                                                 "seconds": max(1, math.ceil(timeout_s))}) + "\n")
                 self._proc.stdin.flush()
             except (OSError, ValueError):
                 self.stop()
