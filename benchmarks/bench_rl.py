@@ -128,7 +128,8 @@ def rl_child(name: str, args) -> dict:
     per_update = rl.per_device_train_batch_size
     return {"s_per_step": step, "s_per_completion": step / per_update, "completions_per_update": per_update,
             "tokens_per_s": statistics.mean(lengths) * per_update / step,
-            "rewards": [log["reward"] for log in logs], "threads": torch.get_num_threads()}
+            "completion_len": statistics.mean(lengths), "rewards": [log["reward"] for log in logs],
+            "threads": torch.get_num_threads()}
 
 
 def eval_child(name: str, args) -> dict:
@@ -272,9 +273,9 @@ def main(argv=None) -> int:
             base = summarise(part, "committed", runs[(part, "committed")], None) if (part, "committed") in runs else {}
             for p in [p for p in parts if p[0] == part]:
                 rows.append(summarise(*p, runs[p], base.get("s_per_completion")))
-            fast = next((r for r in rows if r["config"] == "full_nogc_len16" and r.get("tokens_per_s")), None)
+            fast = [r for r in runs.get(("rl", "full_nogc_len16"), []) if r["status"] == "ok"]
             if part == "rl" and fast:
-                length = fast["tokens_per_s"] * fast["s_per_step"] / fast["completions_per_update"]
+                length = statistics.median(r["completion_len"] for r in fast)
                 floor = summarise("rl", "matmul_floor", [{"status": "ok", **floor_child(args, length)}],
                                   base.get("s_per_completion"))
                 rows.append({**floor, "status": "bound"})

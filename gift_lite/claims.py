@@ -232,3 +232,12 @@ def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, .
                          "low": d.low, "high": d.high, "detectable": d.detectable,
                          "part_verdict": d.verdict if d is not before else "", "verdict": verdict})
     return pd.DataFrame(rows), peak
+
+
+def verdict_summary(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim of a ``bootstrap_claims`` table (or its CSV): its verdict, and its judged
+    comparisons as text, ``comparison +diff [low, high]`` joined by ``; ``."""
+    judged = verdicts[verdicts["part_verdict"].fillna("") != ""]
+    evidence = judged.groupby("claim").apply(lambda g: "; ".join(
+        f"{r.comparison} {r.diff:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for r in g.itertuples()), include_groups=False)
+    return pd.DataFrame({"verdict": verdicts.groupby("claim")["verdict"].first(), "evidence": evidence})

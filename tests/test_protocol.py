@@ -189,6 +189,9 @@ def test_full_finetuning_units_end_to_end(ft_base, tmp_path):
     table, peak = claims.bootstrap_claims(data, 1.0, settings.betas, k_large=max(settings.eval.ks), n_boot=200)
     assert peak == 1.0 and list(table["claim"].unique()) == [1, 2, 3, 4]
     assert set(table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    summary = claims.verdict_summary(table)
+    assert list(summary.index) == [1, 2, 3, 4] and (summary["verdict"] == table.groupby("claim")["verdict"].first()).all()
+    assert "reported only" not in summary.loc[2, "evidence"] and summary["evidence"].str.contains(r"\[").all()
 
 
 def test_full_finetuning_grpo_is_deterministic(ft_base):
