@@ -12,23 +12,33 @@ one at a time, in this order:
   which buys nothing on a 0.8 M-parameter model);
 - ``full_nogc_len16``: and at most 16 new tokens: the longest correct completion of this world
   (15 characters) plus EOS. Longer samples cannot be correct; this is a protocol choice;
-- ``full_nogc_len16_spg2``: and two optimizer updates per rollout batch (TRL's
-  ``steps_per_generation=2``; the paper's batch 128 / mini-batch 64): an algorithm change, measured
-  only to show whether it pays;
-- ``full_nogc_len16_2threads``: one run on two threads (the units run as two one-thread processes).
+- ``full_nogc_len16_shared``: and each prompt run through the policy once for its group of 8
+  rollouts (``run_grpo(share_prompts=True)``, ``evaluate.generate_sharing_prompts``): the same
+  samples up to float rounding, an eighth of the prompt's matrix products;
+- ``full_nogc_len16_shared_spg2``: and two optimizer updates per rollout batch (TRL's
+  ``steps_per_generation=2``; the paper's batch 128 / mini-batch 64): an algorithm change,
+  measured only to show whether it pays;
+- ``full_nogc_len16_shared_2threads``: one run on two threads (the units run as two one-thread
+  processes).
 
 After them, ``matmul_floor`` (status ``bound``) is not a configuration but a lower bound on
-``full_nogc_len16``: the time one thread needs for the step's matrix products alone (generation,
-forward, and a backward of twice the forward's), each ``nn.Linear`` of the model timed at its
-own shape for the step's token counts (mean prompt tokens + that run's mean completion length);
-attention, norms, sampling and the optimizer are left out. Its ``speedup`` is the most any
-configuration of this model at 128 completions per update could reach on one thread.
+``full_nogc_len16_shared``: the time one thread needs for the step's matrix products alone
+(generation, forward, and a backward of twice the forward's), each ``nn.Linear`` of the model
+timed at its own shape for the step's token counts (mean prompt tokens + that run's mean
+completion length; one prompt pass per group); attention, norms, sampling and the optimizer are
+left out. Its ``speedup`` is the most any configuration of this model at 128 completions per
+update could reach on one thread. ``matmul_in_step`` (status ``part``) runs
+``full_nogc_len16_shared`` once more under torch's profiler and reports the seconds per step spent
+in its matrix-product kernels (``MATMUL_OPS``), at the shapes TRL really uses (prompts and
+completions padded to the batch's longest): no configuration that keeps TRL's padding is faster.
 
 Eval rows time ``mini.evaluate_policy`` (16 samples of each of the 200 + 200 test problems, then
 entropy, KL and top-K overlap on held-out text) on the SFT seed-0 initialiser: ``committed`` (its
 LoRA adapter on the base, 32 new tokens, 512 sequences per ``generate`` call), ``merged`` (the same
-weights merged into a plain model, as full fine-tuning has them), ``merged_len16``, and
-``merged_len16_batch1024``.
+weights merged into a plain model, as full fine-tuning has them), ``merged_len16``,
+``merged_len16_batch1024``, and the last two with each prompt run through the model once for its
+16 samples (``merged_len16_shared``, ``merged_len16_shared_batch1024``). In every row the entropy,
+KL and top-K overlap share one forward pass of each model (``evaluate.response_token_metrics``).
 
 Each row is a fresh process (one process for all with ``--tiny``; ``--repeats`` times, the configurations taking turns so that a
 change of the machine's load hits them alike); step time is the median over the steps after
@@ -40,6 +50,8 @@ fastest full-fine-tuning RL configuration for a few seeds and writes their rewar
     python benchmarks/bench_rl.py                 # writes benchmarks/results/rl_step.csv + rl_step_run.json
     python benchmarks/bench_rl.py --agreement     # also rl_agreement.csv
     python benchmarks/bench_rl.py --tiny --out scratch/rl_step.csv   # CI-sized, seconds
+
+``rl_step_run.json`` records the processor (``cpu``): ratios differ between CPUs.
 """
 
 from __future__ import annotations
@@ -65,14 +77,20 @@ RL_CONFIGS = {  # name -> levers
     "full": {"lora": False, "gc": True, "length": 24},
     "full_nogc": {"lora": False, "gc": False, "length": 24},
     "full_nogc_len16": {"lora": False, "gc": False, "length": 16},
-    "full_nogc_len16_spg2": {"lora": False, "gc": False, "length": 16, "steps_per_generation": 2},
-    "full_nogc_len16_2threads": {"lora": False, "gc": False, "length": 16, "threads": 2},
+    "full_nogc_len16_shared": {"lora": False, "gc": False, "length": 16, "share_prompts": True},
+    "full_nogc_len16_shared_spg2": {"lora": False, "gc": False, "length": 16, "share_prompts": True,
+                                    "steps_per_generation": 2},
+    "full_nogc_len16_shared_2threads": {"lora": False, "gc": False, "length": 16, "share_prompts": True,
+                                        "threads": 2},
 }
+FAST = "full_nogc_len16_shared"  # the fastest one-thread configuration: the floor bounds it
 EVAL_CONFIGS = {
     "committed": {"merged": False, "length": 32, "batch": 512},
     "merged": {"merged": True, "length": 32, "batch": 512},
     "merged_len16": {"merged": True, "length": 16, "batch": 512},
     "merged_len16_batch1024": {"merged": True, "length": 16, "batch": 1024},
+    "merged_len16_shared": {"merged": True, "length": 16, "batch": 512, "share_prompts": True},
+    "merged_len16_shared_batch1024": {"merged": True, "length": 16, "batch": 1024, "share_prompts": True},
 }
 COLUMNS = ("part", "config", "status", "s_per_step", "s_per_completion", "completions_per_s", "tokens_per_s",
            "speedup", "completions_per_update", "repeats", "threads", "load_avg")
@@ -99,7 +117,14 @@ def _setup(tiny: bool, workdir: Path):
     return settings, world, base, adapter
 
 
-def rl_child(name: str, args) -> dict:
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def rl_child(name: str, args, profile: bool = False) -> dict:
+    """One configuration's GRPO steps; with ``profile``, also the seconds per step that torch's
+    profiler counts in the matrix-product kernels (``MATMUL_OPS``), over all steps."""
+    import contextlib
+
     import torch
 
     from gift_lite import mini
@@ -120,16 +145,24 @@ def rl_child(name: str, args) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         config = grpo_config(rl, scratch, seed=args.seed, disable_tqdm=True, use_cpu=True,
                              steps_per_generation=levers.get("steps_per_generation", 1))
-        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
-                           callbacks=[timer])
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if profile \
+            else contextlib.nullcontext()
+        with profiler:
+            trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
+                               callbacks=[timer], share_prompts=levers.get("share_prompts", False))
     logs = [log for log in trainer.state.log_history if "reward" in log]
     lengths = [log["completions/mean_length"] for log in logs[args.warmup:]]
     step = statistics.median(timer.times[args.warmup:])
     per_update = rl.per_device_train_batch_size
-    return {"s_per_step": step, "s_per_completion": step / per_update, "completions_per_update": per_update,
-            "tokens_per_s": statistics.mean(lengths) * per_update / step,
-            "completion_len": statistics.mean(lengths), "rewards": [log["reward"] for log in logs],
-            "threads": torch.get_num_threads()}
+    result = {"s_per_step": step, "s_per_completion": step / per_update, "completions_per_update": per_update,
+              "tokens_per_s": statistics.mean(lengths) * per_update / step,
+              "completion_len": statistics.mean(lengths), "rewards": [log["reward"] for log in logs],
+              "threads": torch.get_num_threads()}
+    if profile:  # the profiler slows the step; only its matmul share is reported
+        matmul = sum(e.self_cpu_time_total for e in profiler.key_averages() if e.key in MATMUL_OPS) / 1e6
+        result = {**result, "s_per_step": matmul / rl.max_steps, "s_per_completion": matmul / rl.max_steps / per_update,
+                  "tokens_per_s": None}
+    return result
 
 
 def eval_child(name: str, args) -> dict:
@@ -144,7 +177,8 @@ def eval_child(name: str, args) -> dict:
     base_model = None
     if levers["merged"]:
         policy, base_model = policy.merge_and_unload().eval(), mini.load_policy(base)[0]
-    evaluation = replace(settings.eval, max_new_tokens=levers["length"], batch_size=levers["batch"])
+    evaluation = replace(settings.eval, max_new_tokens=levers["length"], batch_size=levers["batch"],
+                         share_prompts=levers.get("share_prompts", False))
     start = time.perf_counter()
     mini.evaluate_policy(policy, tokenizer, world, evaluation, seed=0, base_model=base_model)
     wall = time.perf_counter() - start
@@ -179,10 +213,27 @@ def floor_child(args, completion_len: float) -> dict:
         return total
 
     train = seconds(round(batch * sequence))
-    generate = seconds(round(batch * statistics.mean(prompts))) + completion_len * seconds(batch)
+    prompt_pass = seconds(round(batch // settings.rl.num_generations * statistics.mean(prompts)))
+    generate = prompt_pass + completion_len * seconds(batch)
     step = 3 * train + generate
     return {"s_per_step": step, "s_per_completion": step / batch, "completions_per_update": batch,
             "tokens_per_s": completion_len * batch / step, "threads": 1}
+
+
+CHILDREN = {"rl": rl_child, "eval": eval_child, "matmul": lambda name, args: rl_child(name, args, profile=True)}
+
+
+def cpu_name() -> str:
+    """The processor's model name, and whether it has AVX-512 or AMX (they change the matmul rate)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    extras = [f for f in ("avx512f", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(extras) if extras else 'no AVX-512, no AMX'})"
 
 
 def run_child(part: str, name: str, args) -> dict:
@@ -190,7 +241,7 @@ def run_child(part: str, name: str, args) -> dict:
     with its status."""
     if args.tiny:
         try:
-            return {"status": "ok", **(rl_child if part == "rl" else eval_child)(name, args)}
+            return {"status": "ok", **CHILDREN[part](name, args)}
         except Exception as err:  # noqa: BLE001 - the row records it
             return {"status": f"error: {type(err).__name__}: {err}"[:200]}
     cmd = [sys.executable, __file__, "--child", f"{part}:{name}", "--steps", str(args.steps), "--warmup",
@@ -219,7 +270,7 @@ def agreement(args) -> list[dict]:
     """Reward curves of the slowest and the fastest full-fine-tuning configuration, seed by seed."""
     rows = []
     for seed in range(args.agreement_seeds):
-        for name in ("full", "full_nogc_len16"):
+        for name in ("full", FAST):
             seeded = argparse.Namespace(**{**vars(args), "seed": seed, "warmup": 0, "steps": args.agreement_steps})
             result = run_child("rl", name, seeded)
             for step, reward in enumerate(result.get("rewards", []), start=1):
@@ -249,7 +300,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
     if args.child:
         part, name = args.child.split(":")
-        result = (rl_child if part == "rl" else eval_child)(name, args)
+        result = CHILDREN[part](name, args)
         print(json.dumps(result))
         return 0
     from gift_lite.results import write_csv, write_run_json
@@ -273,12 +324,15 @@ def main(argv=None) -> int:
             base = summarise(part, "committed", runs[(part, "committed")], None) if (part, "committed") in runs else {}
             for p in [p for p in parts if p[0] == part]:
                 rows.append(summarise(*p, runs[p], base.get("s_per_completion")))
-            fast = [r for r in runs.get(("rl", "full_nogc_len16"), []) if r["status"] == "ok"]
+            fast = [r for r in runs.get(("rl", FAST), []) if r["status"] == "ok"]
             if part == "rl" and fast:
                 length = statistics.median(r["completion_len"] for r in fast)
                 floor = summarise("rl", "matmul_floor", [{"status": "ok", **floor_child(args, length)}],
                                   base.get("s_per_completion"))
                 rows.append({**floor, "status": "bound"})
+                inside = summarise("rl", "matmul_in_step", [run_child("matmul", FAST, args)],
+                                   base.get("s_per_completion"))
+                rows.append({**inside, "status": "part" if inside["status"] == "ok" else inside["status"]})
         agree = agreement(args) if args.agreement else []
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     write_csv(args.out, frame)
@@ -287,7 +341,8 @@ def main(argv=None) -> int:
     write_run_json(Path(args.out).with_name(Path(args.out).stem + "_run.json"),
                    {**{k: v for k, v in vars(args).items() if k not in ("child", "workdir")},
                     "out": os.path.relpath(args.out, ROOT) if Path(args.out).resolve().is_relative_to(ROOT) else args.out,
-                    "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "goals": GOALS})
+                    "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "goals": GOALS,
+                    "cpu": cpu_name()})
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for part, goal in GOALS.items():
@@ -297,6 +352,10 @@ def main(argv=None) -> int:
     bound = frame[frame["status"] == "bound"]
     if len(bound):
         print(f"rl: the matmul floor allows at most {bound['speedup'].iloc[0]:.2f}x on one thread")
+    inside = frame[frame["status"] == "part"]
+    if len(inside):
+        print(f"rl: the matrix products inside the {FAST} step take {inside['s_per_step'].iloc[0]:.3f} s/step "
+              f"(at most {inside['speedup'].iloc[0]:.2f}x if all else took no time)")
     return 0
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import re
+from contextlib import contextmanager
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from gift_lite.losses import gold_mass
 from gift_lite.rewards import countdown_reward
@@ -60,7 +62,8 @@ def pass_at_k_per_problem(n, c, k: int) -> np.ndarray:
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples: int, temperature: float = 1.0,
                        max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, top_p: float = 1.0,
-                       top_k: int = 0, progress: bool = False, return_ended: bool = False):
+                       top_k: int = 0, progress: bool = False, return_ended: bool = False,
+                       share_prompts: bool = False):
     """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings,
     and with ``return_ended`` also a (P, num_samples) bool array: the sample stopped at EOS (False:
     ``max_new_tokens`` cut it off).
@@ -69,7 +72,8 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     and top_p=1 switch the truncations off; ``temperature=0`` is greedy). A completion stops at
     EOS and is decoded without special tokens, as TRL's GRPOTrainer decodes. Deterministic for a
     given ``seed`` and ``batch_size`` (sequences per ``generate`` call); the global RNG is left
-    untouched.
+    untouched. ``share_prompts``: run each prompt through the model once for all its samples
+    (``generate_sharing_prompts``); the same draws, logits equal up to float rounding.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
@@ -88,14 +92,59 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
         for start in tqdm(starts, desc="sample", disable=not progress):
             batch = tokenizer(flat[start:start + batch_size], return_tensors="pt", padding=True,
                               padding_side="left").to(device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id, **sampling)
+            generate = generate_sharing_prompts if share_prompts else _plain_generate
+            out = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
             batch_texts, batch_ended = _decode_until_eos(tokenizer, out[:, batch["input_ids"].shape[1]:])
             texts += batch_texts
             ended += batch_ended
     model.train(was_training)
     samples = [texts[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
     return (samples, np.array(ended, dtype=bool).reshape(len(prompts), num_samples)) if return_ended else samples
+
+
+def _plain_generate(model, input_ids, attention_mask, **kwargs):
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+@torch.no_grad()
+def generate_sharing_prompts(model, input_ids, attention_mask, generate=None, **kwargs):
+    """``model.generate`` with one forward pass over each prompt for all of its samples.
+
+    A prompt's samples are consecutive identical rows of ``input_ids`` (left-padded), as
+    ``sample_completions`` and TRL's ``GRPOTrainer`` lay them out. The distinct prompts, less
+    their last token, fill a key/value cache once; each sample gets a copy of its prompt's rows,
+    and ``generate`` decodes from there. With P prompts of S samples the prompt's matrix products
+    shrink S-fold. Positions follow the padding as ``generate`` computes them, so only float
+    rounding (another batch shape) separates the logits from a plain call. ``generate``: the
+    plain generate to call (default ``model.generate``); other keywords go to it.
+    """
+    generate = generate or model.generate
+    repeat = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+    repeat[1:] = (input_ids[1:] == input_ids[:-1]).all(1) & (attention_mask[1:] == attention_mask[:-1]).all(1)
+    if not repeat.any() or input_ids.shape[1] < 2:
+        return generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    first = ~repeat
+    ids, mask = input_ids[first, :-1], attention_mask[first, :-1]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
+    cache.batch_select_indices(first.cumsum(0) - 1)
+    return generate(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
+
+
+@contextmanager
+def prompts_shared_in_generate(model):
+    """Within the block, ``model.generate`` is ``generate_sharing_prompts`` (for TRL's trainers,
+    which call ``model.generate`` themselves); the class's method is back afterwards."""
+    plain = model.generate
+    model.generate = lambda input_ids, attention_mask, **kwargs: generate_sharing_prompts(
+        model, input_ids, attention_mask, generate=plain, **kwargs)
+    try:
+        yield model
+    finally:
+        del model.generate
 
 
 def _decode_until_eos(tokenizer, new_ids: torch.Tensor) -> tuple[list[str], list[bool]]:
@@ -117,21 +166,22 @@ def countdown_score(completion: str, problem) -> float:
 def evaluate_task(model, tokenizer, problems: Sequence, *, num_samples: int = 16, ks: Sequence[int] = DEFAULT_KS,
                   temperature: float = 1.0, max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0,
                   reward_fn: Callable[[str, object], float] = countdown_score, progress: bool = True,
-                  return_samples: bool = False, report_truncated: bool = False):
+                  return_samples: bool = False, report_truncated: bool = False, share_prompts: bool = False):
     """pass@1 (mean reward over all samples) and unbiased pass@k for each k in ``ks``.
 
     ``problems`` need a ``.prompt``; ``reward_fn(completion, problem)`` scores a sample (1.0 is
     correct). Returns ``{"pass@1": ..., "pass@k": ...}`` averaged over problems, plus
     ``truncated`` (the share of samples ``max_new_tokens`` cut off before EOS, scored as they
     are) when ``report_truncated``, plus ``(samples, correct)`` with shapes (P, num_samples) when
-    ``return_samples``.
+    ``return_samples``. ``share_prompts``: see ``sample_completions``.
     """
     bad = [k for k in ks if k > num_samples or k < 1]
     if bad:
         raise ValueError(f"ks={tuple(ks)} holds {bad}, outside 1..num_samples={num_samples}")
     samples, ended = sample_completions(model, tokenizer, [p.prompt for p in problems], num_samples=num_samples,
                                         temperature=temperature, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, seed=seed, progress=progress, return_ended=True)
+                                        batch_size=batch_size, seed=seed, progress=progress, return_ended=True,
+                                        share_prompts=share_prompts)
     correct = np.array([[reward_fn(s, p) for s in row] for row, p in zip(samples, problems)], dtype=float)
     c = (correct > 0.5).sum(axis=1)
     metrics = {"pass@1": float(correct.mean())}
@@ -184,29 +234,47 @@ def _device(model):
 
 
 @torch.no_grad()
-def token_entropy(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64,
-                  add_eos: bool = True, progress: bool = False) -> float:
-    """Mean entropy (nats) of the policy's next-token distribution over response tokens.
+def response_token_metrics(model, base_model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *,
+                           compare: bool = True, k: int = 5, batch_size: int = 64, add_eos: bool = True,
+                           progress: bool = False) -> dict[str, float]:
+    """``entropy``, and with ``compare`` also ``kl_to_base`` and ``topk_overlap``, over response tokens.
 
-    The mean is over all response tokens of all texts (token-weighted, like the loss).
+    One forward pass of the policy (and one of the base) per batch serves all three; each is the
+    mean over all response tokens of all texts (token-weighted, like the loss):
+    - ``entropy``: of the policy's next-token distribution, in nats;
+    - ``kl_to_base``: KL(pi || pi_base) in nats, full vocabulary, exact;
+    - ``topk_overlap``: the fraction of the policy's top-``k`` next tokens also in the base's top-``k``.
+    ``base_model=None`` disables the PEFT adapter of ``model`` to get the base.
     """
-    total, count = 0.0, 0
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1")
+    if compare:
+        _check_base(model, base_model)
+    sums, count = {"entropy": 0.0, "kl_to_base": 0.0, "topk_overlap": 0.0}, 0
     for ids, attention, response in _response_batches(tokenizer, prompts, completions, batch_size, add_eos,
-                                                      _device(model), progress, "entropy"):
-        logp = torch.log_softmax(_logits(model, ids, attention), dim=-1)  # (B, T, V)
-        entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
-        total += float(entropy[response].sum())
+                                                      _device(model), progress, "token metrics"):
+        policy = _logits(model, ids, attention)
+        logp = torch.log_softmax(policy, dim=-1)  # (B, T, V)
+        sums["entropy"] += float((-(logp.exp() * logp).sum(-1))[response].sum())
         count += int(response.sum())
-    return total / max(count, 1)
+        if not compare:
+            continue
+        base = _base_logits(model, base_model, ids, attention)
+        kl = (logp.exp() * (logp - torch.log_softmax(base, -1))).sum(-1)  # (B, T)
+        sums["kl_to_base"] += float(kl[response].sum())
+        top_p = policy[response].topk(k, dim=-1).indices  # (N, k)
+        top_b = base[response].topk(k, dim=-1).indices  # (N, k)
+        sums["topk_overlap"] += float((top_p.unsqueeze(-1) == top_b.unsqueeze(-2)).any(-1).sum()) / k
+    names = ("entropy", "kl_to_base", "topk_overlap") if compare else ("entropy",)
+    return {name: sums[name] / max(count, 1) for name in names}
 
 
-def _paired_logits(model, base_model, ids, attention):
-    """Logits of the policy and the base on one batch; ``base_model=None`` disables the PEFT adapter."""
-    policy = _logits(model, ids, attention)
+def _base_logits(model, base_model, ids, attention):
+    """The base's logits on one batch; ``base_model=None`` disables the PEFT adapter of ``model``."""
     if base_model is not None:
-        return policy, _logits(base_model, ids, attention)
+        return _logits(base_model, ids, attention)
     with model.disable_adapter():
-        return policy, _logits(model, ids, attention)
+        return _logits(model, ids, attention)
 
 
 def _check_base(model, base_model) -> None:
@@ -214,39 +282,27 @@ def _check_base(model, base_model) -> None:
         raise ValueError("base_model=None needs a PEFT model (its adapter disabled is the base)")
 
 
-@torch.no_grad()
+def token_entropy(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 64,
+                  add_eos: bool = True, progress: bool = False) -> float:
+    """Mean entropy (nats) of the policy's next-token distribution over response tokens
+    (``response_token_metrics``)."""
+    return response_token_metrics(model, None, tokenizer, prompts, completions, compare=False,
+                                  batch_size=batch_size, add_eos=add_eos, progress=progress)["entropy"]
+
+
 def kl_to_base(model, base_model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *,
                batch_size: int = 64, add_eos: bool = True, progress: bool = False) -> float:
-    """Mean per-token KL(pi || pi_base) in nats over response tokens (full vocabulary, exact)."""
-    _check_base(model, base_model)
-    total, count = 0.0, 0
-    for ids, attention, response in _response_batches(tokenizer, prompts, completions, batch_size, add_eos,
-                                                      _device(model), progress, "kl_to_base"):
-        policy, base = _paired_logits(model, base_model, ids, attention)
-        logp, logq = torch.log_softmax(policy, -1), torch.log_softmax(base, -1)  # (B, T, V)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, T)
-        total += float(kl[response].sum())
-        count += int(response.sum())
-    return total / max(count, 1)
+    """Mean per-token KL(pi || pi_base) in nats over response tokens (``response_token_metrics``)."""
+    return response_token_metrics(model, base_model, tokenizer, prompts, completions, batch_size=batch_size,
+                                  add_eos=add_eos, progress=progress)["kl_to_base"]
 
 
-@torch.no_grad()
 def topk_overlap(model, base_model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, k: int = 5,
                  batch_size: int = 64, add_eos: bool = True, progress: bool = False) -> float:
-    """Mean fraction of the policy's top-``k`` next tokens that are also in the base's top-``k``."""
-    if k < 1:
-        raise ValueError(f"k={k} must be at least 1")
-    _check_base(model, base_model)
-    total, count = 0.0, 0
-    for ids, attention, response in _response_batches(tokenizer, prompts, completions, batch_size, add_eos,
-                                                      _device(model), progress, "topk_overlap"):
-        policy, base = _paired_logits(model, base_model, ids, attention)
-        top_p = policy[response].topk(k, dim=-1).indices  # (N, k)
-        top_b = base[response].topk(k, dim=-1).indices  # (N, k)
-        shared = (top_p.unsqueeze(-1) == top_b.unsqueeze(-2)).any(-1).sum(-1)  # (N,)
-        total += float(shared.sum()) / k
-        count += int(response.sum())
-    return total / max(count, 1)
+    """Mean fraction of the policy's top-``k`` next tokens that are also in the base's top-``k``
+    (``response_token_metrics``)."""
+    return response_token_metrics(model, base_model, tokenizer, prompts, completions, k=k, batch_size=batch_size,
+                                  add_eos=add_eos, progress=progress)["topk_overlap"]
 
 
 # ---------------------------------------------------------------------------------------------

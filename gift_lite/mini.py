@@ -25,8 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
-from gift_lite.evaluate import (evaluate_task, kl_to_base, merged_state_dict, token_entropy, topk_overlap,
-                                weight_geometry)
+from gift_lite.evaluate import evaluate_task, merged_state_dict, response_token_metrics, weight_geometry
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
@@ -63,6 +62,7 @@ class EvalSettings:
     curve_every: int = 0  # ours: validation pass@1 every this many GRPO steps (0: no validation curve)
     curve_samples: int = 8  # ours: samples per validation problem for that curve
     n_train_eval: int = 0  # ours: RL prompts also evaluated after RL, for the train-test gap (0: none)
+    share_prompts: bool = False  # ours: one forward pass over a prompt for all its samples (bench_rl.py)
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,8 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
 ADDED_FIELDS: dict[str, dict] = {
     "": {"decisive_seeds": [], "decisive_beta": None},
     "world": {"max_number": 9, "n_val": 0},
-    "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0},
-    "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear"},
+    "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0, "share_prompts": False},
+    "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear", "share_prompts": False},
 }
 
 
@@ -297,19 +297,16 @@ def evaluate_policy(model, tokenizer, world: World, settings: EvalSettings, *, s
         metrics, _, correct = evaluate_task(
             model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True)
+            batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True,
+            share_prompts=settings.share_prompts)
         rows += [{"split": split, "metric": m, "value": v} for m, v in metrics.items()]
         if counts is not None:
             counts += problem_counts(problems, correct, split=split)
     prompts = [p.prompt for p in world.id_test]
     completions = [expert_solution(p) for p in world.id_test]
-    rows.append({"split": "", "metric": "entropy", "value": token_entropy(model, tokenizer, prompts, completions)})
-    if base_model is not None or hasattr(model, "disable_adapter"):
-        rows.append({"split": "", "metric": "kl_to_base",
-                     "value": kl_to_base(model, base_model, tokenizer, prompts, completions)})
-        rows.append({"split": "", "metric": "topk_overlap",
-                     "value": topk_overlap(model, base_model, tokenizer, prompts, completions)})
-    return rows
+    compare = base_model is not None or hasattr(model, "disable_adapter")
+    metrics = response_token_metrics(model, base_model, tokenizer, prompts, completions, compare=compare)
+    return rows + [{"split": "", "metric": m, "value": v} for m, v in metrics.items()]
 
 
 def _geometry_rows(a, b, name: str) -> list[dict]:
@@ -328,7 +325,8 @@ def validation_counts(model, tokenizer, world: World, settings: EvalSettings, *,
     """Correct samples per validation problem, out of ``settings.curve_samples`` each."""
     _, _, correct = evaluate_task(model, tokenizer, world.val, num_samples=settings.curve_samples, ks=(1,),
                                   temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                  batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True)
+                                  batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True,
+                                  share_prompts=settings.share_prompts)
     return problem_counts(world.val, correct)
 
 
@@ -490,7 +488,7 @@ def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int,
     with tempfile.TemporaryDirectory() as scratch:
         config = grpo_config(rl, scratch, seed=seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
         trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
-                           callbacks=callbacks)
+                           callbacks=callbacks, share_prompts=rl.share_prompts)
     validation = pd.DataFrame(callbacks[0].rows if callbacks else [], columns=["step", "val_pass@1"])
     counts = pd.DataFrame(callbacks[0].counts if callbacks else [], columns=["step", "problem_id", "correct"])
     return reward_curve(trainer), validation, counts

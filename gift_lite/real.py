@@ -467,7 +467,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *,
         metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
                                 temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                                 batch_size=settings.batch_size, seed=seed, reward_fn=score, progress=progress,
-                                report_truncated=True)
+                                report_truncated=True, share_prompts=settings.share_prompts)
         rows += [{"split": split, "metric": f"{name}/{m}", "value": v} for m, v in metrics.items()]
         per_split.setdefault(split, []).append(metrics)
     for split, runs in per_split.items():
@@ -644,7 +644,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
                              use_cpu=not torch.cuda.is_available(), **saving(settings, checkpoints))
         with measure() as stats:
             trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), math_reward_func, config,
-                               resume_from_checkpoint=resume)
+                               resume_from_checkpoint=resume, share_prompts=settings.rl.share_prompts)
     curve = reward_curve(trainer)
     tokens = tokens_since(trainer, "num_tokens", resume)
     save_adapter(policy, adapter_dir(data_dir, "rl", key))

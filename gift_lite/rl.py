@@ -7,6 +7,7 @@ sizes, steps and the learning rate change between the miniature and real models.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -14,6 +15,7 @@ import pandas as pd
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from gift_lite.evaluate import prompts_shared_in_generate
 from gift_lite.models import cuda_bf16, trainable_parameters
 
 
@@ -34,6 +36,7 @@ class GRPOSettings:
     gradient_checkpointing: bool = True  # TRL's default; off pays on a tiny model (benchmarks/bench_rl.py)
     lr_scheduler_type: str = "linear"  # TRL's default (decay to 0 at max_steps); verl's actor: constant
     seed: int = 0
+    share_prompts: bool = False  # ours: one forward pass over a prompt for its whole group (not TRL's)
 
     def __post_init__(self):
         if self.per_device_train_batch_size % self.num_generations:
@@ -46,20 +49,25 @@ class GRPOSettings:
 
 
 def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOConfig:
-    """A ``GRPOConfig`` from the settings; ``overrides`` pass any other TRL field."""
+    """A ``GRPOConfig`` from the settings (less ``share_prompts``, an argument of ``run_grpo``);
+    ``overrides`` pass any other TRL field."""
     kwargs = dict(asdict(settings), output_dir=output_dir, logging_steps=1, save_strategy="no", report_to=[],
                   bf16=cuda_bf16())
     kwargs.update(overrides)
+    del kwargs["share_prompts"]
     return GRPOConfig(**kwargs)
 
 
 def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
-             resume_from_checkpoint: str | None = None, callbacks: list | None = None) -> GRPOTrainer:
+             resume_from_checkpoint: str | None = None, callbacks: list | None = None,
+             share_prompts: bool = False) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
     ``callbacks``: extra ``TrainerCallback``s (``mini.ValidationCurve``, benchmark step timers).
+    ``share_prompts``: rollouts run each prompt through the policy once for its whole group
+    (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work.
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
@@ -67,7 +75,8 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
                           processing_class=tokenizer, callbacks=callbacks)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    with prompts_shared_in_generate(model) if share_prompts else nullcontext():
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 
 

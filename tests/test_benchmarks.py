@@ -67,26 +67,27 @@ RL_COLUMNS = ["part", "config", "status", "s_per_step", "s_per_completion", "com
 def test_bench_rl_tiny_writes_csv_and_run_json(tmp_path):
     out = tmp_path / "rl_step.csv"
     done = subprocess.run([sys.executable, str(RL_SCRIPT), "--tiny", "--out", str(out), "--rl-configs",
-                           "committed,full_nogc_len16", "--eval-configs", "committed,merged_len16", "--steps", "2",
+                           "committed,full_nogc_len16_shared", "--eval-configs", "committed,merged_len16_shared", "--steps", "2",
                            "--warmup", "1", "--repeats", "1", "--agreement", "--agreement-seeds", "1",
                            "--agreement-steps", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)
     assert list(frame.columns) == RL_COLUMNS
-    assert frame["status"].tolist() == ["ok", "ok", "bound", "ok", "ok"], frame["status"].tolist()
-    assert list(zip(frame["part"], frame["config"])) == [("rl", "committed"), ("rl", "full_nogc_len16"),
-                                                         ("rl", "matmul_floor"), ("eval", "committed"),
-                                                         ("eval", "merged_len16")]
-    floor, fast = frame.set_index("config").loc[["matmul_floor", "full_nogc_len16"], "s_per_step"].iloc[0:2]
-    assert 0 < floor < fast  # a lower bound below the configuration it bounds
+    assert frame["status"].tolist() == ["ok", "ok", "bound", "part", "ok", "ok"], frame["status"].tolist()
+    assert list(zip(frame["part"], frame["config"])) == [("rl", "committed"), ("rl", "full_nogc_len16_shared"),
+                                                         ("rl", "matmul_floor"), ("rl", "matmul_in_step"),
+                                                         ("eval", "committed"), ("eval", "merged_len16_shared")]
+    seconds = frame.set_index("config")["s_per_step"]
+    assert 0 < seconds["matmul_floor"] < seconds["full_nogc_len16_shared"]  # bounds below what they bound
+    assert 0 < seconds["matmul_in_step"] < seconds["full_nogc_len16_shared"]
     assert (frame["s_per_completion"] > 0).all() and frame["speedup"].notna().all()
     assert frame.loc[frame["config"] == "committed", "speedup"].tolist() == [1.0, 1.0]
     assert (frame.loc[frame["part"] == "rl", "completions_per_update"] == 16).all()
     agreement = pd.read_csv(tmp_path / "rl_agreement.csv")
-    assert set(agreement["config"]) == {"full", "full_nogc_len16"} and len(agreement) == 4
+    assert set(agreement["config"]) == {"full", "full_nogc_len16_shared"} and len(agreement) == 4
     run = json.loads(out.with_name("rl_step_run.json").read_text())
-    assert run["config"]["tiny"] is True and "goals" in run["config"]
-    assert "rl: best speedup" in done.stdout and "matmul floor" in done.stdout
+    assert run["config"]["tiny"] is True and "goals" in run["config"] and run["config"]["cpu"]
+    assert "rl: best speedup" in done.stdout and "matmul floor" in done.stdout and "inside the" in done.stdout
 
 
 GPU_SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

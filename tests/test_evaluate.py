@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from gift_lite.evaluate import (_decode_until_eos, evaluate_task, gold_probs, kl_to_base, merged_state_dict, pass_at_k, pass_at_k_per_problem,
-                                sample_completions, token_entropy, topk_overlap, weight_geometry)
+from gift_lite.evaluate import (_decode_until_eos, evaluate_task, generate_sharing_prompts, gold_probs, kl_to_base,
+                                merged_state_dict, pass_at_k, pass_at_k_per_problem, prompts_shared_in_generate,
+                                response_token_metrics, sample_completions, token_entropy, topk_overlap,
+                                weight_geometry)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
 from gift_lite.world import Problem, build_tokenizer, set_special_tokens
 
@@ -69,6 +71,38 @@ def test_sampling_is_deterministic_with_a_seed(tokenizer):
     assert all(row[0] == row[1] for row in greedy)
 
 
+@pytest.mark.parametrize("peft", [False, True])
+def test_sharing_the_prompts_gives_the_same_samples(tokenizer, peft):
+    """One forward pass per prompt for all its samples: the same tokens as plain generate, greedy and
+    sampled with one seed, for prompts of different lengths (left padding) and repeats that are not
+    all consecutive."""
+    model = tiny_model(tokenizer)
+    if peft:
+        model = add_lora(model, LoraSettings(r=4, lora_alpha=8))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    rows = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 4 + [PROMPTS[1], PROMPTS[0]]
+    batch = tokenizer(rows, return_tensors="pt", padding=True, padding_side="left")
+    assert (batch["attention_mask"] == 0).any()  # the prompts differ in length
+    kwargs = dict(max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    for sampling in ({"do_sample": False}, {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}):
+        torch.manual_seed(3)
+        plain = model.generate(**batch, **kwargs, **sampling)
+        torch.manual_seed(3)
+        shared = generate_sharing_prompts(model, batch["input_ids"], batch["attention_mask"], **kwargs, **sampling)
+        assert torch.equal(plain, shared), sampling
+    with prompts_shared_in_generate(model):
+        torch.manual_seed(3)
+        patched = model.generate(**batch, **kwargs, **sampling)
+    assert torch.equal(plain, patched) and "generate" not in vars(model)  # the class's method is back
+    a = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=7)
+    b = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=7,
+                           share_prompts=True)
+    assert a == b
+
+
 def test_evaluate_task_scores_with_the_reward(tokenizer):
     model = tiny_model(tokenizer)
     problems = [Problem((3, 5, 9), 26), Problem((2, 3, 4), 10)]
@@ -127,6 +161,18 @@ def test_kl_and_overlap_of_a_model_to_itself(tokenizer):
     assert topk_overlap(model, other, tokenizer, PROMPTS, COMPLETIONS, k=5) < 1.0
     with pytest.raises(ValueError, match="base_model=None"):
         kl_to_base(model, None, tokenizer, PROMPTS, COMPLETIONS)
+
+
+def test_token_metrics_in_one_pass_match_the_single_metrics(tokenizer):
+    model, other = tiny_model(tokenizer), tiny_model(tokenizer, seed=1)
+    together = response_token_metrics(model, other, tokenizer, PROMPTS, COMPLETIONS, k=3, batch_size=2)
+    assert together == {"entropy": token_entropy(model, tokenizer, PROMPTS, COMPLETIONS, batch_size=2),
+                        "kl_to_base": kl_to_base(model, other, tokenizer, PROMPTS, COMPLETIONS, batch_size=2),
+                        "topk_overlap": topk_overlap(model, other, tokenizer, PROMPTS, COMPLETIONS, k=3, batch_size=2)}
+    alone = response_token_metrics(model, None, tokenizer, PROMPTS, COMPLETIONS, compare=False, batch_size=2)
+    assert alone == {"entropy": together["entropy"]}
+    with pytest.raises(ValueError, match="^k=0"):
+        response_token_metrics(model, other, tokenizer, PROMPTS, COMPLETIONS, k=0)
 
 
 def test_peft_model_with_adapter_disabled_is_the_base(tokenizer):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from gift_lite import evaluate
 from gift_lite.models import LoraSettings, load_adapter, load_lora
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from transformers import AutoModelForCausalLM
@@ -53,3 +54,28 @@ def test_frozen_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="trainable"):
         run_grpo(frozen, tokenizer, Dataset.from_list([{"prompt": "1"}]), digit_reward,
                  grpo_config(GRPOSettings(), str(tmp_path / "g"), use_cpu=True))
+
+
+def test_shared_prompts_change_no_number_of_a_grpo_run(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """The fast rollout (one forward pass over a prompt for its group) under full fine-tuning: the same
+    seed gives the same curve and weights, and so does the plain rollout."""
+    calls = []
+    shared_generate = evaluate.generate_sharing_prompts
+    monkeypatch.setattr(evaluate, "generate_sharing_prompts", lambda *a, **k: calls.append(1) or shared_generate(*a, **k))
+    prompts = Dataset.from_list([{"prompt": p} for p in ("3 5 7>26:", "2 4 6>12:", "1 1 8>9:", "9 9>18:")])
+    settings = GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=6,
+                            max_steps=3, learning_rate=1e-2, gradient_checkpointing=False)
+    runs = []
+    for share in (True, True, False):
+        policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        trainer = run_grpo(policy, tokenizer, prompts, digit_reward, share_prompts=share,
+                           config=grpo_config(settings, str(tmp_path / f"g{len(runs)}"), use_cpu=True,
+                                              disable_tqdm=True, seed=5))
+        runs.append((reward_curve(trainer), {n: p.detach().clone() for n, p in policy.named_parameters()}))
+        assert "generate" not in vars(policy)
+    (first, weights), (again, weights_again), (plain, weights_plain) = runs
+    assert len(calls) == 2 * settings.max_steps  # TRL's rollouts went through it, once a step
+    assert first.equals(again) and all(torch.equal(weights[n], weights_again[n]) for n in weights)
+    assert first["reward"].tolist() == plain["reward"].tolist()
+    for name in weights:
+        torch.testing.assert_close(weights[name], weights_plain[name], rtol=1e-4, atol=1e-6)
