@@ -86,13 +86,13 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     texts: list[str] = []
     ended: list[bool] = []
     devices = [device] if device.type == "cuda" else []
+    generate = generate_sharing_prompts if share_prompts else _plain_generate
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         starts = range(0, len(flat), batch_size)
         for start in tqdm(starts, desc="sample", disable=not progress):
             batch = tokenizer(flat[start:start + batch_size], return_tensors="pt", padding=True,
                               padding_side="left").to(device)
-            generate = generate_sharing_prompts if share_prompts else _plain_generate
             out = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
             batch_texts, batch_ended = _decode_until_eos(tokenizer, out[:, batch["input_ids"].shape[1]:])
@@ -255,12 +255,13 @@ def response_token_metrics(model, base_model, tokenizer, prompts: Sequence[str],
                                                       _device(model), progress, "token metrics"):
         policy = _logits(model, ids, attention)
         logp = torch.log_softmax(policy, dim=-1)  # (B, T, V)
-        sums["entropy"] += float((-(logp.exp() * logp).sum(-1))[response].sum())
+        probs = logp.exp()
+        sums["entropy"] += float((-(probs * logp).sum(-1))[response].sum())
         count += int(response.sum())
         if not compare:
             continue
         base = _base_logits(model, base_model, ids, attention)
-        kl = (logp.exp() * (logp - torch.log_softmax(base, -1))).sum(-1)  # (B, T)
+        kl = (probs * (logp - torch.log_softmax(base, -1))).sum(-1)  # (B, T)
         sums["kl_to_base"] += float(kl[response].sum())
         top_p = policy[response].topk(k, dim=-1).indices  # (N, k)
         top_b = base[response].topk(k, dim=-1).indices  # (N, k)
