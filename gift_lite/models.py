@@ -68,7 +68,7 @@ def tiny_qwen2(config: TinyModelConfig = TinyModelConfig(), *, seed: int = 0) ->
 def nf4_config(compute_dtype: torch.dtype | None = None) -> BitsAndBytesConfig:
     """bitsandbytes NF4 with double quantisation (QLoRA, arXiv 2305.14314)."""
     if compute_dtype is None:
-        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        compute_dtype = default_dtype()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype)
 
@@ -105,7 +105,7 @@ def load_base(name_or_path: str | Path, *, four_bit: bool = False, dtype: torch.
     if looks_local:
         check_model(name_or_path)
     if dtype is None:
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        dtype = default_dtype()
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if four_bit:
         kwargs["quantization_config"] = nf4_config(dtype)
@@ -159,8 +159,24 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, *, is_trainable
 
 
 def cuda_bf16() -> bool:
-    """Whether to train in bf16: on a GPU that supports it; CPU training stays in fp32."""
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Whether to train in bf16: on a GPU with native bf16 (compute capability 8.0 and up: Ampere,
+    Hopper, ...); CPU training stays in fp32.
+
+    ``torch.cuda.is_bf16_supported()`` alone says True on a T4 (capability 7.5) because it counts
+    emulation by default (torch 2.13), and emulated bf16 there is slow; so emulation is excluded.
+    """
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability()[0] >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def default_dtype() -> torch.dtype:
+    """The compute dtype of training and of an NF4 base: bf16 where ``cuda_bf16``, else fp32.
+
+    fp32, not fp16, on T4-class cards: GIFT's per-token gradients ``(softmax - target) / n``
+    fall below fp16's range on long responses.
+    """
+    return torch.bfloat16 if cuda_bf16() else torch.float32
 
 
 def drop_root_paths(adapter_dir: str | Path) -> None:

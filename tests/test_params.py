@@ -60,6 +60,16 @@ def test_configure_checks_types_and_applies_values():
         real.configure("smoke", init_learning_rate=1e-3)
 
 
+def test_configure_takes_every_documented_parameter():
+    """Each name in ``real.PARAMETERS`` reaches its field: ``rl_data`` and ``n_rl`` are top-level
+    fields, not ``rl.data`` of the GRPO settings (a TypeError once)."""
+    settings = real.configure("smoke", rl_data="x.jsonl", n_rl=7, rl_max_steps=3, rl_max_completion_length=9,
+                              init_max_steps=2, eval_max_new_tokens=5, ood_benchmarks="c.jsonl")
+    assert settings.rl_data == "x.jsonl" and settings.n_rl == 7 and settings.ood_benchmarks == ("c.jsonl",)
+    assert settings.rl.max_steps == 3 and settings.rl.max_completion_length == 9
+    assert settings.init.max_steps == 2 and settings.eval.max_new_tokens == 5
+
+
 # One bad value per notebook, run headlessly as a user would (papermill). Each fails in the cell
 # that builds the config, before any work; a kernel start and the imports take a few seconds.
 BAD = {
