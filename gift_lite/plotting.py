@@ -448,3 +448,27 @@ def plot_validation_curves(curves, *, ax=None):
     ax.set_ylabel("validation pass@1")
     ax.legend(ncol=2)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model (notebook 06)
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_gold_mass(p_gold, table, *, beta_star: float, beta_max: float = 30.0):
+    """Left: the base's probability of each expert token (histogram). Right: the GIFT target's
+    mean gold mass against β (``evaluate.gold_mass_table``), β* and the official β = 20 marked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.6), layout="constrained")
+    left.hist(np.asarray(p_gold, dtype=float), bins=40, range=(0, 1), color=METHOD_COLORS["base"])
+    left.set_xlabel("base probability of the expert token")
+    left.set_ylabel("tokens")
+    finite = table[np.isfinite(table["beta"])]
+    right.plot(finite["beta"], finite["target/gold_mass"], marker="o", ms=3, color=METHOD_COLORS["gift"])
+    for beta, label in ((beta_star, f"β* = {beta_star:g}"), (20.0, "β = 20 (official)")):
+        right.axvline(beta, color=beta_color(beta), ls="--", lw=1)
+        right.annotate(label, (beta, 0.5), rotation=90, fontsize=8, ha="right", va="center")
+    _symlog_beta(right, beta_max)
+    right.set_ylim(min(0.5, float(finite["target/gold_mass"].min()) - 0.02), 1.005)
+    right.set_xlabel("β")
+    right.set_ylabel("mean target mass on the expert token")
+    return fig

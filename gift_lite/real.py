@@ -49,7 +49,7 @@ from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, coll
                             problem_counts, unit_key, unit_path)
 from gift_lite import models, smollm2
 from gift_lite.models import LoraSettings, add_lora, load_adapter, load_base, save_adapter
-from gift_lite.params import FLAG, SEED, Param, check_parameters
+from gift_lite.params import Param, check_parameters
 from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
@@ -137,8 +137,9 @@ class RealSettings:
 
 
 SMOKE_REAL = RealSettings(
-    model=TINY_MODEL, four_bit=True,
-    sft_data=f"{SAMPLES}/math_sft.jsonl", n_sft=None, rl_data=f"{SAMPLES}/math_rl.jsonl", n_rl=None,
+    model=TINY_MODEL, four_bit=True, n_expert_eval=2, init_runs=(("sft", INF), ("gift", DEFAULT_BETA)),
+    rl_runs=(("sft", INF), ("gift", DEFAULT_BETA)),
+    sft_data=f"{SAMPLES}/math_sft.jsonl", n_sft=6, rl_data=f"{SAMPLES}/math_rl.jsonl", n_rl=None,
     id_benchmarks=(f"{SAMPLES}/math_eval.jsonl",), ood_benchmarks=(f"{SAMPLES}/choice_eval.jsonl",), n_eval=None,
     init=RealInitSettings(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=4,
                           gradient_accumulation_steps=1, max_length=512, gradient_checkpointing=False,
@@ -177,15 +178,16 @@ REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, 
 
 # Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
 PARAMETERS = {
-    "model": Param(str, optional=True), "four_bit": FLAG, "sft_data": Param(str, optional=True),
+    "model": Param(str, optional=True), "four_bit": Param(bool, optional=True), "sft_data": Param(str, optional=True),
     "n_sft": Param(int, ge=1, optional=True), "rl_data": Param(str, optional=True),
     "n_rl": Param(int, ge=1, optional=True), "id_benchmarks": Param(str, optional=True),
     "ood_benchmarks": Param(str, optional=True), "n_eval": Param(int, ge=1, optional=True),
-    "method": Param(str, choices=tuple(sorted(LOSSES))), "beta": Param(float, gt=0, allow_inf=True),
+    "method": Param(str, choices=tuple(sorted(LOSSES)), optional=True),
+    "beta": Param(float, gt=0, allow_inf=True, optional=True),
     "init_max_steps": Param(int, ge=1, optional=True), "init_max_length": Param(int, ge=2, optional=True),
     "rl_max_steps": Param(int, ge=1, optional=True), "rl_max_completion_length": Param(int, ge=1, optional=True),
     "eval_max_new_tokens": Param(int, ge=1, optional=True), "chat_template": Param(bool, optional=True),
-    "seed": SEED}
+    "seed": Param(int, ge=0, optional=True)}
 
 
 def configure(preset: str, **overrides) -> RealSettings:
@@ -195,7 +197,8 @@ def configure(preset: str, **overrides) -> RealSettings:
     ``ValueError`` lists every bad one). ``init_*``, ``rl_*`` and ``eval_*`` set the nested
     settings (``init_max_steps`` -> ``init.max_steps``) unless the name is a field of
     ``RealSettings`` itself (``rl_data`` is the RL prompts' source); benchmark lists are comma-separated
-    strings; ``seed`` sets ``seeds=(seed,)``.
+    strings; ``seed`` sets ``seeds=(seed,)``. A ``method`` or ``beta`` replaces the preset's grid
+    of units by that one (method, beta), at the initialiser and at GRPO.
     """
     check_parameters(PARAMETERS, **overrides)
     settings = REAL_PRESETS[preset]
@@ -217,6 +220,11 @@ def configure(preset: str, **overrides) -> RealSettings:
     for prefix, changes in nested.items():
         if changes:
             top[prefix] = replace(getattr(settings, prefix), **changes)
+    if "method" in top or "beta" in top:
+        one = (top.get("method", settings.method), top.get("beta", settings.beta))
+        top.update(init_runs=(one,), rl_runs=(one,))
+    if "seeds" in top:
+        top["rl_seeds"] = None
     return replace(settings, **top)
 
 

