@@ -59,6 +59,26 @@ def test_bench_step_tiny_writes_csv_and_run_json(tmp_path):
     assert "step time vs sft" in done.stdout
 
 
+def test_bench_real_tiny_writes_csv_and_run_json(tmp_path):
+    out = tmp_path / "real.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(out)
+    assert set(zip(frame["kind"], frame["config"])) == {("step", "sft"), ("step", "gift_live"), ("step", "gift_cached"),
+                                                         ("generate", "plain"), ("generate", "shared_prompts")}
+    assert (frame["status"] == "ok").all() and (frame["seconds"] > 0).all() and (frame["tokens_per_s"] > 0).all()
+    run = json.loads(out.with_name("real_run.json").read_text())
+    assert run["config"]["tiny"] is True and run["config"]["model_source"] == "random stand-in"
+    assert "step time gift_live / sft" in done.stdout and "shared prompts" in done.stdout
+
+
+def test_bench_real_refuses_a_bad_count(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real.py"), "--steps", "0",
+                           "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "--steps=0 must be >= 1" in done.stderr and not (tmp_path / "x.csv").exists()
+
+
 RL_SCRIPT = ROOT / "benchmarks" / "bench_rl.py"
 RL_COLUMNS = ["part", "config", "status", "s_per_step", "s_per_completion", "completions_per_s", "tokens_per_s",
               "speedup", "completions_per_update", "repeats", "threads", "load_avg"]

