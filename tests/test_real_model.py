@@ -149,3 +149,27 @@ def test_gpus_without_native_bf16_train_in_fp32(monkeypatch, capability, bf16):
     want = torch.bfloat16 if bf16 else torch.float32
     assert models.cuda_bf16() is bf16 and models.default_dtype() == real.compute_dtype() == want
     assert models.nf4_config().bnb_4bit_compute_dtype == want
+
+
+def test_claim1_table_judges_beta_star_only_and_reports_the_rest():
+    """GIFT keeps entropy (+0.3 nats), stays close to the base (KL 0.02 vs 0.2) and solves more
+    problems at k = 4 than SFT: reproduced at beta*, the other beta reported without a verdict."""
+    from gift_lite import claims
+
+    results, counts = [], []
+    for method, beta, entropy, kl, correct in (("sft", real.INF, 0.5, 0.2, 0), ("gift", 2.0, 0.8, 0.02, 3),
+                                               ("gift", 20.0, 0.5, 0.2, 0)):
+        for seed in (0, 1):
+            results += [{"method": method, "beta": beta, "seed": seed, "stage": "init", "split": "", "metric": m,
+                         "value": v + 0.001 * seed} for m, v in (("entropy", entropy), ("kl_to_base", kl))]
+            counts += [{"method": method, "beta": beta, "seed": seed, "stage": "init", "split": "id",
+                        "problem_id": f"p{i}", "correct": correct if i % 2 else 1} for i in range(20)]
+    data = claims.ProtocolData(pd.DataFrame(results), pd.DataFrame(counts), pd.DataFrame(), num_samples=4,
+                               curve_samples=1)
+    table = claims.claim1_table(data, (2.0, 20.0), 2.0, k_large=4, n_boot=500)
+    star, other = table[table.beta == 2.0], table[table.beta == 20.0]
+    assert list(star["comparison"]) == ["entropy (init)", "id/pass@4 (init)", "kl_to_base (init)"]
+    assert set(star["part_verdict"]) == {"reproduced"} and set(star["verdict"]) == {"reproduced"}
+    assert star["diff"].round(4).tolist()[0] == 0.3 and star["diff"].round(4).tolist()[2] == -0.18
+    assert set(other["part_verdict"]) == {""} and set(other["verdict"]) == {"reported only"}
+    assert other["diff"].abs().max() < 1e-12
