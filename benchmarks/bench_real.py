@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import memory_now, memory_peak, reset_peak, step_timer  # noqa: E402  (benchmarks/ is on sys.path)
+from memtools import train_measured  # noqa: E402  (benchmarks/ is on sys.path)
 
 METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
            "gift_cached": {"loss_type": "gift", "reference_cache": "cache"}}
@@ -68,7 +68,6 @@ def train_row(method: str, settings, model_path: str, rows: list[dict], args, sc
     """One SFT/GIFT run of ``args.steps`` steps; step seconds, tokens/s and peak memory."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
 
     from gift_lite import real
     from gift_lite.models import add_lora
@@ -82,15 +81,9 @@ def train_row(method: str, settings, model_path: str, rows: list[dict], args, sc
     config = real.init_config(replace(settings, method=extra.pop("loss_type"), beta=BETA), str(scratch / "out"), 0,
                               max_steps=args.steps, **extra)
     trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
-    timer = step_timer()
-    trainer.add_callback(timer)
-    memory_method = reset_peak()
-    baseline = memory_now(memory_method)
-    trainer.train()
-    peak = (memory_peak(memory_method) - baseline) / 2 ** 20
-    times = timer.times[args.warmup:] or timer.times
-    tokens = trainer.state.num_input_tokens_seen / max(len(timer.times), 1)
+    all_times, peak, memory_method = train_measured(trainer)
+    times = all_times[args.warmup:] or all_times
+    tokens = trainer.state.num_input_tokens_seen / max(len(all_times), 1)
     seconds = statistics.median(times)
     return {"kind": "step", "config": method, "seconds": seconds, "tokens_per_s": tokens / seconds,
             "peak_mib": peak, "rows": settings.init.per_device_train_batch_size

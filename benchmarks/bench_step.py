@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import memory_now, memory_peak, reset_peak, step_timer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from memtools import train_measured  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("sft", "gift_logits", "gift_live", "gift_cached", "gift_topk")
 ADAPTERS = ("lora", "qlora")
@@ -94,7 +94,6 @@ def run_one(model_name: str, adapter: str, method: str, args) -> dict:
     """Train one configuration; returns one row (without the status)."""
     import torch
     from datasets import Dataset
-    from transformers import PrinterCallback
 
     from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, load_qlora, tiny_qwen2
     from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -122,17 +121,11 @@ def run_one(model_name: str, adapter: str, method: str, args) -> dict:
             **method_config(method, str(Path(scratch) / "cache"), topk))
         trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer)
-        trainer.remove_callback(PrinterCallback)
-        timer = step_timer()
-        trainer.add_callback(timer)
-        memory_method = reset_peak()
-        baseline = memory_now(memory_method)
-        trainer.train()
-        peak = (memory_peak(memory_method) - baseline) / 2 ** 20
+        times, peak, memory_method = train_measured(trainer)
         tv = float("nan")
         if method == "gift_topk":
             tv = _topk_error(trainer, topk)
-    steps = timer.times[args.warmup:] or timer.times
+    steps = times[args.warmup:] or times
     step_s = statistics.median(steps)
     tokens = args.batch_size * (args.prompt_len + args.completion_len + 2)  # BOS ... EOS
     return {"model": model_name, "vocab": shape.vocab_size, "hidden": shape.hidden_size, "adapter": adapter,

@@ -88,3 +88,17 @@ def step_timer():
             self.times.append(time.perf_counter() - self.start)
 
     return StepTimer()
+
+
+def train_measured(trainer) -> tuple[list[float], float, str]:
+    """``trainer.train()`` with a step timer and the memory peak: (seconds of each optimizer step,
+    peak growth in MiB over the memory in use before training, the memory method)."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    timer = step_timer()
+    trainer.add_callback(timer)
+    memory_method = reset_peak()
+    baseline = memory_now(memory_method)
+    trainer.train()
+    return timer.times, (memory_peak(memory_method) - baseline) / 2 ** 20, memory_method
