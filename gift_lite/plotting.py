@@ -466,7 +466,8 @@ def plot_gold_mass(p_gold, table, *, beta_star: float, beta_max: float = 30.0):
     right.plot(finite["beta"], finite["target/gold_mass"], marker="o", ms=3, color=METHOD_COLORS["gift"])
     for beta, label in ((beta_star, f"β* = {beta_star:g}"), (20.0, "β = 20 (official)")):
         right.axvline(beta, color=beta_color(beta), ls="--", lw=1)
-        right.annotate(label, (beta, 0.5), rotation=90, fontsize=8, ha="right", va="center")
+        right.text(beta, 0.04, label, transform=right.get_xaxis_transform(), rotation=90, fontsize=8, ha="right",
+                   va="bottom")
     _symlog_beta(right, beta_max)
     right.set_ylim(min(0.5, float(finite["target/gold_mass"].min()) - 0.02), 1.005)
     right.set_xlabel("β")
