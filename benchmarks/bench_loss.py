@@ -55,7 +55,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from gift_lite import losses  # noqa: E402
-from memtools import reset_rss_peak, rss_kib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from memtools import default_out, reset_rss_peak, rss_kib  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("official", "gift_loss", "fused", "cross_entropy", "matmul_floor")
 DEFAULT_SIZES = "4096x32000x256,8192x32000x256,4096x152064x256,8192x152064x256"
@@ -274,7 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per child process")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "loss.csv"))
+    parser.add_argument("--out", default=None,
+                        help="CSV path (default: benchmarks/results/loss.csv; with --tiny scratch/bench/loss.csv)")
     parser.add_argument("--tiny", action="store_true",
                         help=f"CI-sized: --sizes {TINY_SIZES} --repeats 1 --chunk-sizes 64")
     parser.add_argument("--precision", action="store_true",
@@ -282,6 +283,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--child-mode", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out or default_out("loss.csv", args.tiny)
     if args.tiny:
         args.sizes, args.repeats, args.chunk_sizes = TINY_SIZES, 1, "64"
     sizes = parse_sizes(args.sizes)

@@ -24,7 +24,7 @@ machine's load hits them alike; medians over the rounds. The printout gives the 
 and to plain generation, measured in this run; the run JSON records the machine's load.
 
     python benchmarks/bench_real.py                 # writes benchmarks/results/real.csv
-    python benchmarks/bench_real.py --tiny          # CI-sized, the random stand-in, under scratch/
+    python benchmarks/bench_real.py --tiny          # CI-sized, the random stand-in, under scratch/bench/
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import train_measured  # noqa: E402  (benchmarks/ is on sys.path)
+from memtools import default_out, train_measured  # noqa: E402  (benchmarks/ is on sys.path)
 
 METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
            "gift_cached": {"loss_type": "gift", "reference_cache": "cache"}}
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     if args.tiny:
         args.steps, args.warmup, args.prompts, args.samples, args.new_tokens, args.repeats = 2, 0, 2, 2, 4, 1
-    out = Path(args.out or ROOT / ("scratch/bench/real.csv" if args.tiny else "benchmarks/results/real.csv"))
+    out = Path(args.out or default_out("real.csv", args.tiny))
 
     import pandas as pd
     import torch

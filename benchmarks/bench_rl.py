@@ -70,7 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import step_timer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from memtools import default_out, step_timer  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RL_CONFIGS = {  # name -> levers
     "committed": {"lora": True, "gc": True, "length": 24},
@@ -290,11 +290,13 @@ def main(argv=None) -> int:
     parser.add_argument("--agreement-seeds", type=int, default=3)
     parser.add_argument("--agreement-steps", type=int, default=40)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per child process")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step.csv"))
+    parser.add_argument("--out", default=None,
+                        help="CSV path (default: benchmarks/results/rl_step.csv; with --tiny scratch/bench/rl_step.csv)")
     parser.add_argument("--workdir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tiny", action="store_true", help="CI size: a smoke world and base made on the spot")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out or default_out("rl_step.csv", args.tiny)
     for name in ("steps", "repeats", "agreement_seeds", "agreement_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")

@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from memtools import train_measured  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from memtools import default_out, train_measured  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("sft", "gift_logits", "gift_live", "gift_cached", "gift_topk")
 ADAPTERS = ("lora", "qlora")
@@ -252,11 +252,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per child process")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step.csv"))
+    parser.add_argument("--out", default=None,
+                        help="CSV path (default: benchmarks/results/step.csv; with --tiny scratch/bench/step.csv)")
     parser.add_argument("--tiny", action="store_true",
                         help="CI-sized: --models tiny --steps 3 --warmup 1 --batch-size 4 --rows 8, one process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.out = args.out or default_out("step.csv", args.tiny)
     if args.tiny:
         args.models, args.steps, args.warmup, args.batch_size, args.rows = "tiny", 3, 1, 4, 8
         args.repeats = 1

@@ -102,3 +102,11 @@ def train_measured(trainer) -> tuple[list[float], float, str]:
     baseline = memory_now(memory_method)
     trainer.train()
     return timer.times, (memory_peak(memory_method) - baseline) / 2 ** 20, memory_method
+
+
+def default_out(name: str, tiny: bool) -> str:
+    """Where a benchmark writes when ``--out`` is not given: ``benchmarks/results/<name>`` for a
+    full run, ``scratch/bench/<name>`` for a ``--tiny`` (CI-sized) one, so that a smoke run never
+    overwrites committed results."""
+    root = Path(__file__).resolve().parent.parent
+    return str(root / ("scratch/bench" if tiny else "benchmarks/results") / name)

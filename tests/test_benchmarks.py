@@ -197,3 +197,23 @@ def test_bench_loss_precision_compares_the_value_with_float64(tmp_path):
     assert frame["float64_value"].nunique() == 1 and (frame["value"] > 0).all()
     assert frame.loc["fused", "rel_error"] <= 1e-5
     assert json.loads((tmp_path / "loss_precision_run.json").read_text())["config"]["sizes"] == "64x4096x16"
+
+
+def test_tiny_runs_without_out_write_under_scratch_and_change_no_tracked_file():
+    """A CI-sized run that forgets --out must not overwrite the committed benchmarks/results/."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from memtools import default_out
+
+    assert default_out("x.csv", True) == str(ROOT / "scratch" / "bench" / "x.csv")
+    assert default_out("x.csv", False) == str(ROOT / "benchmarks" / "results" / "x.csv")
+    tracked = lambda: subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,  # noqa: E731
+                                     capture_output=True, text=True, check=True).stdout
+    before = tracked()
+    for script, name in (("bench_loss.py", "loss.csv"), ("bench_real.py", "real.csv")):
+        out = ROOT / "scratch" / "bench" / name
+        out.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--tiny"], capture_output=True,
+                              text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert out.exists(), script
+    assert tracked() == before
