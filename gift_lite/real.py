@@ -165,8 +165,9 @@ CPU_REAL = RealSettings(
                           gradient_accumulation_steps=2, max_length=512, gradient_checkpointing=False),
     eval=EvalSettings(num_samples=8, ks=(1, 2, 4, 8), temperature=0.6, max_new_tokens=192, batch_size=64,
                       share_prompts=True),
-    rl=GRPOSettings(per_device_train_batch_size=8, max_completion_length=160, max_steps=12, learning_rate=2e-5,
-                    gradient_checkpointing=False, share_prompts=True),
+    rl=GRPOSettings(per_device_train_batch_size=8, max_completion_length=160, max_steps=12, learning_rate=7e-5,
+                    lr_scheduler_type="constant", gradient_checkpointing=False,
+                    share_prompts=True),  # lr, schedule: PROTOCOL.md §4 (amended before any GRPO unit)
     rl_gradient_accumulation_steps=4, save_steps=2, seeds=(0, 1),
     init_runs=(("sft", INF), ("gift", CPU_BETA_STAR), ("gift", DEFAULT_BETA), ("gift", 1.0)),
     rl_runs=(("sft", INF), ("gift", CPU_BETA_STAR)), rl_seeds=(0,))
@@ -804,10 +805,9 @@ def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress:
     model_path = resolve_model(settings, data_dir)
     jobs = [("beta", None, None, None)] if settings.n_expert_eval else []
     jobs += [("base", None, None, None)]
-    # Seed by seed: each seed's initialisers, then GRPO from them, so a run cut short has whole seeds.
-    for seed in dict.fromkeys(s for *_, s in settings.init_units()):
-        jobs += [("init", m, b, s) for m, b, s in settings.init_units() if s == seed]
-        jobs += [("rl", m, b, s) for m, b, s in settings.rl_units() if s == seed]
+    # Every initialiser (seed by seed) before any GRPO: the before-RL comparison is complete first.
+    jobs += [("init", m, b, s) for m, b, s in settings.init_units()]
+    jobs += [("rl", m, b, s) for m, b, s in settings.rl_units()]
     done = []
     for stage, method, beta, seed in tqdm(jobs, desc="units", disable=not progress):
         if stage == "beta":

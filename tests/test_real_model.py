@@ -107,7 +107,7 @@ def test_the_makefile_installs_the_version_the_code_names():
 
 
 # -- the CPU run's grid ------------------------------------------------------------------------------
-def test_the_cpu_run_grid_goes_seed_by_seed_with_grpo_after_its_initialisers():
+def test_the_cpu_run_grid_goes_seed_by_seed():
     settings = real.CPU_REAL
     assert real.REAL_PRESETS["mini"] is settings and settings.model == smollm2.FOLDER
     inits = settings.init_units()
