@@ -47,9 +47,13 @@ def unexecuted_notebooks(root) -> list[str]:
 
 
 def result_files(root) -> list[str]:
-    """Every file under data/ and figures/ but the run JSONs, as paths relative to ``root``."""
-    return sorted(p.relative_to(root).as_posix() for folder in ("data", "figures") for p in (root / folder).rglob("*")
-                  if p.is_file() and not p.name.endswith("_run.json"))
+    """Every file under data/ and figures/ but the run JSONs and what git ignores (weights, Trainer
+    checkpoints of a run in progress), as paths relative to ``root``."""
+    found = sorted(p.relative_to(root).as_posix() for folder in ("data", "figures") for p in (root / folder).rglob("*")
+                   if p.is_file() and not p.name.endswith("_run.json"))
+    ignored = subprocess.run(["git", "check-ignore", "--stdin"], cwd=ROOT, input="\n".join(found),
+                             capture_output=True, text=True)  # exit 1: none ignored; 128: not a checkout
+    return [f for f in found if f not in set(ignored.stdout.split())] if ignored.returncode == 0 else found
 
 
 @pytest.fixture(scope="module")
