@@ -21,6 +21,7 @@ as ``\\boxed{N}``, so the grader reads it); the others hold ``{id, problem, answ
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -110,26 +111,20 @@ def generate(config: GSMSymbolicConfig = GSMSymbolicConfig()) -> dict[str, list[
 
 
 def check_splits(splits: dict[str, list[dict]]) -> None:
-    """Each split in the schema, and no question in two splits."""
+    """Each split in the schema, and no question in two splits (compared as the prompts the model sees)."""
     check_sft_rows(splits["sft"])
     for name in ("rl", "test_id", "test_ood"):
         check_benchmark_rows(splits[name])
-    questions = {name: {r.get("problem") or r["prompt"] for r in rows} for name, rows in splits.items()}
-    questions["sft"] = {r["prompt"] for r in splits["sft"]}
-    as_prompts = {name: {math_prompt(q) for q in qs} for name, qs in questions.items() if name != "sft"}
-    for name, prompts in as_prompts.items():
-        if prompts & questions["sft"]:
-            raise ValueError(f"split {name!r} shares a question with 'sft'")
-    names = list(as_prompts)
+    prompts = {name: {math_prompt(r["problem"]) for r in splits[name]} for name in ("rl", "test_id", "test_ood")}
+    prompts["sft"] = {r["prompt"] for r in splits["sft"]}
+    names = list(prompts)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if as_prompts[a] & as_prompts[b]:
+            if prompts[a] & prompts[b]:
                 raise ValueError(f"splits {a!r} and {b!r} share a question")
 
 
 def write_splits(splits: dict[str, list[dict]], config: GSMSymbolicConfig, out_dir: Path) -> None:
-    import json
-
     check_splits(splits)
     for name, rows in splits.items():
         write_text(Path(out_dir) / f"{name}.jsonl",

@@ -60,7 +60,7 @@ def test_committed_splits_are_valid_disjoint_and_as_recorded():
 def test_check_splits_refuses_a_question_in_two_splits():
     row = {"id": "a", "problem": "What is 2 + 2?", "answer": "4", "choices": None}
     sft = [{"prompt": math_prompt("What is 2 + 2?"), "completion": "4"}]
-    with pytest.raises(ValueError, match="shares a question with 'sft'"):
+    with pytest.raises(ValueError, match="splits 'rl' and 'sft' share a question"):
         gsm_symbolic.check_splits({"sft": sft, "rl": [row], "test_id": [], "test_ood": []})
     other = {"sft": [{"prompt": "p", "completion": "c"}], "rl": [row], "test_id": [dict(row, id="b")], "test_ood": []}
     with pytest.raises(ValueError, match="'rl' and 'test_id' share a question"):
