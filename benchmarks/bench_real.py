@@ -14,6 +14,9 @@ Step time: median wall time of the optimizer steps after the first `--warmup`; `
 mark during training (`VmHWM` after `clear_refs`; the allocator's caching counts too, so
 compare methods rather than read absolute numbers; on CUDA, `max_memory_allocated`).
 
+Quality row (`kind = quality`, once): the base's mean probability of the training rows' expert
+tokens, as loaded (`mean_p_gold`): what NF4 on top of the Q4_1 weights costs.
+
 Generation rows (`kind = generate`): `--prompts` ID-test prompts × `--samples` samples of
 `--new-tokens` tokens at temperature 0.6, plain and with prompts shared (`share_prompts`);
 `tokens_per_s` = prompts × samples × new tokens / wall time (every row runs to the last step of
@@ -45,7 +48,7 @@ from memtools import default_out, train_measured  # noqa: E402  (benchmarks/ is 
 
 METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
            "gift_cached": {"loss_type": "gift", "reference_cache": "cache"}}
-COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "peak_mib", "repeats", "rows", "tokens",
+COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "peak_mib", "mean_p_gold", "repeats", "rows", "tokens",
            "threads", "four_bit", "memory_method")
 BETA = 20.0  # the official default
 
@@ -107,12 +110,28 @@ def generate_row(shared: bool, settings, model_path: str, args) -> dict:
             "tokens_per_s": tokens / seconds, "rows": len(prompts) * args.samples, "tokens": tokens}
 
 
+def quality_row(settings, model_path: str, rows: list[dict]) -> dict:
+    """The base's mean probability of the expert tokens of ``rows``, as loaded (fp32 or NF4): what
+    a second rounding of the GGUF's 4-bit weights costs."""
+    from gift_lite import real
+    from gift_lite.evaluate import gold_probs
+
+    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
+    start = time.perf_counter()
+    p = gold_probs(model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], batch_size=4)
+    return {"kind": "quality", "config": "mean_p_gold", "seconds": time.perf_counter() - start,
+            "mean_p_gold": float(p.mean()), "rows": len(rows), "tokens": len(p)}
+
+
 def ratio_lines(frame) -> list[str]:
     ok = frame[frame["status"] == "ok"].set_index(["kind", "config"])["seconds"]
     lines = []
     for method in ("gift_live", "gift_cached"):
         if ("step", "sft") in ok and ("step", method) in ok:
             lines.append(f"step time {method} / sft: {ok['step', method] / ok['step', 'sft']:.2f}x")
+    if ("quality", "mean_p_gold") in ok:
+        p = frame.set_index(["kind", "config"]).loc[("quality", "mean_p_gold"), "mean_p_gold"]
+        lines.append(f"base's mean expert-token probability as loaded: {p:.4f}")
     if ("generate", "plain") in ok and ("generate", "shared_prompts") in ok:
         lines.append(f"generation speed-up from shared prompts: "
                      f"{ok['generate', 'plain'] / ok['generate', 'shared_prompts']:.2f}x")
@@ -162,9 +181,11 @@ def main(argv=None) -> int:
             jobs += [lambda s=s: generate_row(s, settings, model_path, args) for s in (False, True)]
             for job in jobs:
                 runs.append(job())
+        runs.append(quality_row(settings, model_path, rows))  # deterministic: once
     frame = pd.DataFrame(runs)
     keys = ["kind", "config"]
-    numbers = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "peak_mib", "tokens"]].median()
+    numbers = frame.reindex(columns=[*keys, "seconds", "tokens_per_s", "peak_mib", "mean_p_gold", "tokens"]).groupby(
+        keys, sort=False).median()
     meta = frame.groupby(keys, sort=False)[["rows", "memory_method"]].first()
     table = numbers.join(meta).reset_index().assign(status="ok", repeats=args.repeats,
                                                     threads=torch.get_num_threads(), four_bit=settings.four_bit)
@@ -176,7 +197,8 @@ def main(argv=None) -> int:
                     "samples": args.samples, "new_tokens": args.new_tokens, "repeats": args.repeats,
                     "beta": BETA, "tiny": args.tiny, "load_average_before": load_before,
                     "load_average_after": os.getloadavg(), "cpu_count": os.cpu_count()})
-    print(table.drop(columns=["memory_method"]).round({"seconds": 3, "tokens_per_s": 1, "peak_mib": 1}).to_string(index=False))
+    print(table.drop(columns=["memory_method"]).round({"seconds": 3, "tokens_per_s": 1, "peak_mib": 1,
+                                                       "mean_p_gold": 4}).to_string(index=False))
     print("\n".join(ratio_lines(table)))
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0

@@ -66,11 +66,14 @@ def test_bench_real_tiny_writes_csv_and_run_json(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out)
     assert set(zip(frame["kind"], frame["config"])) == {("step", "sft"), ("step", "gift_live"), ("step", "gift_cached"),
-                                                         ("generate", "plain"), ("generate", "shared_prompts")}
-    assert (frame["status"] == "ok").all() and (frame["seconds"] > 0).all() and (frame["tokens_per_s"] > 0).all()
+                                                         ("generate", "plain"), ("generate", "shared_prompts"),
+                                                         ("quality", "mean_p_gold")}
+    assert (frame["status"] == "ok").all() and (frame["seconds"] > 0).all()
+    assert (frame.loc[frame["kind"] != "quality", "tokens_per_s"] > 0).all()
     run = json.loads(out.with_name("real_run.json").read_text())
     assert run["config"]["tiny"] is True and run["config"]["model_source"] == "random stand-in"
     assert "step time gift_live / sft" in done.stdout and "shared prompts" in done.stdout
+    assert 0 < frame.set_index("kind").loc["quality", "mean_p_gold"] < 1
 
 
 def test_bench_real_refuses_a_bad_count(tmp_path):
