@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,23 @@ def default_dtype() -> torch.dtype:
     fall below fp16's range on long responses.
     """
     return torch.bfloat16 if cuda_bf16() else torch.float32
+
+
+@contextmanager
+def fp32_adapters_kept(model):
+    """Around the construction of a TRL trainer: TRL casts a quantized (QLoRA) model's adapters to
+    bf16 (SFTTrainer and GRPOTrainer, on every device, CPUs and T4s included); afterwards they get
+    back the exact fp32 values they had. A bf16 weight rounds away any Adam step below ~2^-8 of
+    its size (lr 1e-4 on LoRA A), the rounding itself perturbs a trained adapter, and a run resumed
+    from a checkpoint would train on in fp32 anyway (PEFT reloads adapters in fp32), switching
+    precision midway. The adapters are ~1% of the parameters, so fp32 costs little.
+    """
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    saved = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad} if quantized else {}
+    yield
+    for name, param in model.named_parameters():
+        if name in saved:
+            param.data = saved[name]
 
 
 def drop_root_paths(adapter_dir: str | Path) -> None:

@@ -16,7 +16,7 @@ from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from gift_lite.evaluate import prompts_shared_in_generate
-from gift_lite.models import cuda_bf16, trainable_parameters
+from gift_lite.models import cuda_bf16, fp32_adapters_kept, trainable_parameters
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,13 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
     ``callbacks``: extra ``TrainerCallback``s (``mini.ValidationCurve``, benchmark step timers).
     ``share_prompts``: rollouts run each prompt through the policy once for its whole group
     (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work.
+    QLoRA adapters keep their fp32 values (``models.fp32_adapters_kept``), as in ``GIFTTrainer``.
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
-                          processing_class=tokenizer, callbacks=callbacks)
+    with fp32_adapters_kept(model):  # TRL would cast QLoRA adapters to bf16
+        trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
+                              processing_class=tokenizer, callbacks=callbacks)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
     with prompts_shared_in_generate(model) if share_prompts else nullcontext():

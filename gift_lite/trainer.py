@@ -72,7 +72,7 @@ from trl import SFTConfig, SFTTrainer
 from gift_lite import refcache
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
                               DEFAULT_KL_COEF, HPARAM_CHECKS, LOSS_HPARAMS, LOSSES, fused_gift_loss)
-from gift_lite.models import cuda_bf16
+from gift_lite.models import cuda_bf16, fp32_adapters_kept
 
 try:  # FSDP2 (torch >= 2.6); a torch built without distributed has neither
     from torch.distributed.fsdp import FSDPModule
@@ -148,18 +148,6 @@ class GIFTConfig(SFTConfig):
         return {name: getattr(self, name) for name in LOSS_HPARAMS[self.loss_type]}
 
 
-def _adapters_to_fp32(model) -> None:
-    """Undo TRL's cast of QLoRA adapters to bf16, back to PEFT's default fp32.
-
-    A bf16 weight rounds away any Adam step below ~2^-8 of its size (lr 1e-4 on LoRA A), and a
-    run resumed from a checkpoint would train on in fp32 anyway (PEFT reloads adapters in fp32),
-    switching precision midway. The adapters are ~1% of the parameters, so fp32 costs little.
-    """
-    for param in model.parameters():
-        if param.requires_grad and param.dtype == torch.bfloat16:
-            param.data = param.data.float()
-
-
 class TruncationWarning(Warning):
     """Training rows were cut to ``max_length`` or dropped (not a ``UserWarning``, which notebooks filter)."""
 
@@ -197,7 +185,7 @@ class GIFTTrainer(SFTTrainer):
     ``__init__`` also counts the rows TRL's preparation cut to ``max_length`` or dropped
     (``length_report``) and warns about them with a ``TruncationWarning``: TRL does it silently.
     On a quantized (QLoRA) model it keeps the adapters in fp32, where TRL casts them to bf16
-    (``_adapters_to_fp32``). Evaluation logs ``eval_ce``, the one-hot cross-entropy, for every
+    (``models.fp32_adapters_kept``). Evaluation logs ``eval_ce``, the one-hot cross-entropy, for every
     loss (``_log_eval_ce``); ``official_grad_accumulation`` sums micro-batch gradients as the
     official trainer does (``_official_scaling``).
     """
@@ -212,12 +200,11 @@ class GIFTTrainer(SFTTrainer):
         loss_type = args.loss_type
         args.loss_type = "nll"  # SFTTrainer.__init__ accepts only its own names; ours is read back below
         try:
-            super().__init__(model=model, args=args, **kwargs)
+            with fp32_adapters_kept(model):
+                super().__init__(model=model, args=args, **kwargs)
         finally:
             args.loss_type = loss_type
         self.length_report = length_report(kwargs.get("train_dataset"), self.train_dataset, args)
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-            _adapters_to_fp32(self.model)
         self.loss_fn = LOSSES[loss_type]
         self.anchor = ANCHOR[loss_type]
         causal_lm = _causal_lm(self.model)

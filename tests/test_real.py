@@ -70,18 +70,7 @@ def test_killed_unit_resumes_from_its_checkpoint_to_the_same_numbers(stage, kill
     assert not (killed / "units" / stage / f"{KEY}.csv").exists()
     assert run(stage, killed) == 0  # resumes at step kill_step + 1
     assert run(stage, clean) == 0
-    resumed, uninterrupted = numbers(killed, stage), numbers(clean, stage)
-    if stage == "rl":
-        # The weights of a resumed GRPO run differ from an uninterrupted one's by a hair: on this
-        # stand-in KL to the base 0.0014495 vs 0.0014485 nats (two uninterrupted runs agree to the
-        # last bit; rewards, samples and pass@k are identical). Not yet explained: the token metrics
-        # that read the weights are compared to 1 %, everything else exactly.
-        weights = resumed["metric"].isin(["entropy", "kl_to_base", "topk_overlap"])
-        assert weights.sum() == 3
-        assert resumed.loc[weights, "value"].to_numpy() == pytest.approx(
-            uninterrupted.loc[weights, "value"].to_numpy(), rel=1e-2)
-        resumed, uninterrupted = resumed[~weights], uninterrupted[~weights]
-    pd.testing.assert_frame_equal(resumed, uninterrupted)
+    pd.testing.assert_frame_equal(numbers(killed, stage), numbers(clean, stage))
     assert not (killed / "checkpoints" / stage / KEY).exists()  # deleted once the unit is done
     if stage == "rl":
         curves = [pd.read_csv(d / "units" / "rl_curves" / f"{KEY}.csv") for d in (killed, clean)]

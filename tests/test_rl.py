@@ -46,6 +46,28 @@ def test_grpo_trains_a_loaded_adapter(tiny_model_dir, tokenizer, tmp_path):
     assert changed
 
 
+def test_qlora_adapters_keep_their_fp32_values_through_grpo(tiny_model_dir, tokenizer, tmp_path):
+    """TRL casts a quantized model's adapters to bf16 when it builds the trainer. With a reward that
+    is always 0 no group has any signal, so the adapters must come out exactly as they went in,
+    in fp32 (they once moved by bf16 rounding, up to 2.4e-4)."""
+    from gift_lite.models import load_qlora
+
+    policy = load_qlora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
+    with torch.no_grad():  # a trained-looking adapter: B nonzero, values bf16 cannot hold
+        for name, param in policy.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 1e-3)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    prompts = Dataset.from_list([{"prompt": p} for p in ("3 5 7>26:", "2 4 6>12:")])
+    settings = GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=4,
+                            max_steps=1, learning_rate=1e-3)
+    run_grpo(policy, tokenizer, prompts, lambda completions, **kw: [0.0] * len(completions),
+             grpo_config(settings, str(tmp_path / "grpo"), use_cpu=True, disable_tqdm=True))
+    after = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert all(torch.equal(after[n], before[n]) for n in before)
+
+
 def test_frozen_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
     model = load_lora(tiny_model_dir, LoraSettings(r=4, lora_alpha=8))
     model.save_pretrained(tmp_path / "adapter")
