@@ -488,11 +488,13 @@ def find_runs(data_root, pattern: str = "real_*") -> dict[str, Path]:
 
 
 def run_model(run_dir) -> str | None:
-    """The ``model`` recorded in a run's ``results_run.json`` (``config.model``), if any."""
+    """The model recorded in a run's ``results_run.json``, if any: ``config.model_source.model``
+    (the published name, for a model built locally such as SmolLM2's folder), else ``config.model``."""
     path = Path(run_dir) / "results_run.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text()).get("config", {}).get("model")
+    config = json.loads(path.read_text()).get("config", {})
+    return (config.get("model_source") or {}).get("model") or config.get("model")
 
 
 def gift_vs_sft(cells: pd.DataFrame, block: str, gift_row: str, sft_row: str = METHOD_NAMES["sft"]) -> pd.DataFrame:

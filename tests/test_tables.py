@@ -210,6 +210,10 @@ def test_real_runs_are_found_by_their_results_file(tmp_path):
     assert list(runs) == ["real_a"]  # the miniature's runs are tabulated on their own; theory has no results
     assert list(tables.find_runs(tmp_path, "mini_rl*")) == ["mini_rl200"]
     assert tables.run_model(runs["real_a"]) == "Qwen/Qwen2.5-0.5B" and tables.run_model(tmp_path / "theory") is None
+    (tmp_path / "real_a" / "results_run.json").write_text(  # a model built locally names its source
+        '{"config": {"model": "weights/smollm2-135m-instruct", '
+        '"model_source": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}}}')
+    assert tables.run_model(runs["real_a"]) == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_unknown_layout_names_the_valid_ones():
