@@ -661,9 +661,9 @@ def evaluate_unit(model, tokenizer, data: RealData, settings: EvalSettings, *, s
     return rows
 
 
-def model_rows(model_path: str, four_bit: bool, lora: LoraSettings) -> list[dict]:
-    """``model/parameters``, ``model/nf4_layers`` and ``model/lora_parameters`` of the base as loaded."""
-    model, _ = load_policy(model_path, four_bit=four_bit)
+def model_rows(model, lora: LoraSettings) -> list[dict]:
+    """``model/parameters``, ``model/nf4_layers`` and ``model/lora_parameters`` of the base as loaded
+    (``model`` is wrapped with fresh adapters to count them: call it after its last other use)."""
     n_params = sum(p.numel() for p in model.parameters())
     n_4bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
     n_lora = models.trainable_parameters(add_lora(model, lora))
@@ -681,7 +681,7 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
     data = with_chat_template(data, tokenizer, settings.chat_template)
     rows = evaluate_unit(model, tokenizer, data, settings.eval, seed=0, data_dir=data_dir, stage="base",
                          method="base", beta=0.0, compare=False)
-    rows += model_rows(model_path, settings.four_bit, settings.init.lora)
+    rows += model_rows(model, settings.init.lora)
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
