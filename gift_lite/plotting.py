@@ -300,7 +300,7 @@ def plot_beta_explorer(p_base, target, gold: int, path_labels, start, after_rl, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Miniature figures (notebooks 03-05); each takes data/mini/results.csv or curves.csv
+# Miniature figures (notebooks 07-09); each takes data/mini/results.csv or curves.csv
 # ---------------------------------------------------------------------------------------------
 
 
@@ -378,7 +378,7 @@ def _figure(ax):
 
 
 # ---------------------------------------------------------------------------------------------
-# Paper-layout figures (notebook 07); each takes tables read from data/
+# Paper-layout figures (notebook 05); each takes tables read from data/
 # ---------------------------------------------------------------------------------------------
 
 
@@ -451,7 +451,7 @@ def plot_validation_curves(curves, *, ax=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# The real model (notebook 06)
+# The real model (notebook 04)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -26,8 +26,8 @@ DEFAULT = "mini"
 class Preset:
     name: str
     scratch: bool  # True: write under scratch/, never over committed results (STYLE.md)
-    mini: MiniSettings  # the miniature's protocol at this scale (notebooks 02-05)
-    mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 09-10)
+    mini: MiniSettings  # the miniature's protocol at this scale (notebooks 06-09)
+    mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 02-03)
     selection: SelectionSettings  # its selection grids (data/mini_ft/PROTOCOL.md §3-4)
 
     def data_dir(self, world: str) -> Path:
@@ -63,7 +63,7 @@ SMOKE_SELECTION = SelectionSettings(sft_learning_rates=(1e-4,), sft_max_epochs=2
                                     rl_seeds=(0,), rl_max_steps=2, rl_last_evals=1,
                                     enforce=False)  # smoke only checks that every step runs
 
-# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (README "Budgets"). GRPO runs for
+# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (docs/results_miniature.md). GRPO runs for
 # SFT, GIFT at every beta and RL-only; the four baselines stop before RL (a cut for time).
 MINI = MiniSettings(
     rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=24, max_steps=50,
@@ -74,16 +74,16 @@ MINI = MiniSettings(
 # The full-fine-tuning protocol (data/mini_ft/PROTOCOL.md): a wider world (numbers 1-13) so that
 # converged RL sees each RL prompt about twice, a validation split for every selection, full
 # fine-tuning at both stages, RL from every initialiser. Values marked "selected" are the outcome
-# of the protocol's selection rules (notebook 09), which the notebook checks against these.
+# of the protocol's selection rules (notebook 02), which the notebook checks against these.
 MINI_FT_WORLD = WorldConfig(max_number=13, n_val=200, n_rl=2400)
 MINI_FT = MiniSettings(
     world=MINI_FT_WORLD,
-    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected (notebook 09)
+    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected (notebook 02)
     eval=EvalSettings(max_new_tokens=20, curve_every=25, curve_samples=8, n_train_eval=200),  # PROTOCOL.md §5
     rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=20, gradient_checkpointing=False,
                     lr_scheduler_type="constant", learning_rate=1e-4, max_steps=325),  # lr, steps: selected
     rl_methods=("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only"),
-    decisive_seeds=(3, 4), decisive_beta=1.0)  # decisive_beta: beta* (notebook 09)
+    decisive_seeds=(3, 4), decisive_beta=1.0)  # decisive_beta: beta* (notebook 02)
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI, mini_ft=SMOKE_MINI_FT, selection=SMOKE_SELECTION),

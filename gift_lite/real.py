@@ -45,7 +45,7 @@ from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, 
                             split_of)
 from gift_lite.evaluate import evaluate_task, gold_probs, response_token_metrics
 from gift_lite.losses import DEFAULT_BETA, LOSSES
-from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 06)
+from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 04)
                             problem_counts, unit_key, unit_path)
 from gift_lite import models, smollm2
 from gift_lite.models import LoraSettings, add_lora, load_adapter, load_base, save_adapter
@@ -155,7 +155,7 @@ GPU_REAL = RealSettings()
 # below and says why): SmolLM2-135M-Instruct from its PyPI package, GSM-Symbolic rows generated
 # once by gift_lite.gsm_symbolic. Sized so that a fresh recompute fits in about 3 hours.
 GSM = "data/gsm_symbolic"
-CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 06 checks)
+CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 04 checks)
 CPU_REAL = RealSettings(
     model=smollm2.FOLDER, four_bit=False,  # fp32 LoRA: NF4 on top of Q4_1 weights cost 0.15 nats/token (PROTOCOL.md)
     sft_data=f"{GSM}/sft.jsonl", n_sft=128, rl_data=f"{GSM}/rl.jsonl", n_rl=64,
@@ -177,7 +177,7 @@ CPU_REAL = RealSettings(
 REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL}
 
 
-# Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
+# Notebook 04's parameters, the names ``configure`` takes (None: keep the preset's value).
 PARAMETERS = {
     "model": Param(str, optional=True), "four_bit": Param(bool, optional=True), "sft_data": Param(str, optional=True),
     "n_sft": Param(int, ge=1, optional=True), "rl_data": Param(str, optional=True),
@@ -348,7 +348,7 @@ def with_chat_template(data: RealData, tokenizer, enabled: bool = True) -> RealD
     """``data`` with every prompt (SFT, GRPO, benchmarks) rendered by ``data.chat_prompt``.
 
     The official code feeds base models their tokenizer's chat template (``RealSettings.chat_template``;
-    README, "Differences from the official code"). Unchanged when ``enabled`` is False, when the
+    docs/official_code.md). Unchanged when ``enabled`` is False, when the
     tokenizer has no template, or when ``data`` was rendered already (each unit calls this).
     """
     if data.templated or not enabled or not getattr(tokenizer, "chat_template", None):

@@ -112,7 +112,7 @@ class GIFTConfig(SFTConfig):
         "help": "With reference_cache: None stores hidden states (exact); K stores top-K log-probs (approx)."})
     official_grad_accumulation: bool = field(default=False, metadata={
         "help": "Sum the micro-batch gradients without dividing by the accumulation steps, then clip, as the "
-                "official trainer does (ours: False, the mean, as TRL; README 'Differences from the official code')."})
+                "official trainer does (ours: False, the mean, as TRL; docs/official_code.md)."})
 
     def __post_init__(self):
         if self.loss_type not in LOSSES:

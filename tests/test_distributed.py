@@ -44,7 +44,7 @@ CASES = {
     "ddp-full-logits": dict(fsdp=False, lora=False, fused=False),
     "ddp-full-cache": dict(fsdp=False, lora=False, fused=True, cache=True),
 }
-# DeepSpeed, when installed (not a dependency: README "Beyond one GPU"). ZeRO-3 partitions the
+# DeepSpeed, when installed (not a dependency: docs/real_model.md "Beyond one GPU"). ZeRO-3 partitions the
 # head, so the fused path falls back to the logits path (expected "fused": False) and ZeRO-3's
 # bucketed reduce-scatter rounds differently: equal to 2e-5 (weights: 1e-5 absolute).
 DEEPSPEED_CASES = {
@@ -169,7 +169,7 @@ def test_reference_cache_built_by_all_ranks_matches_one_process(name, two_proces
 
 
 def test_real_init_under_accelerate_launch_with_the_fsdp_config(tmp_path):
-    """The README's FSDP command on 2 CPU processes (bf16, as the config says): sharded, recorded."""
+    """The FSDP command of docs/real_model.md on 2 CPU processes (bf16, as the config says): sharded, recorded."""
     out = tmp_path / "fsdp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",

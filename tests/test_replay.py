@@ -23,7 +23,7 @@ ROOT = repo_root()
 COPIED = ("pyproject.toml", "gift_lite", "notebooks", "data", "figures")
 SANITIZE = "notebooks/nbval_sanitize.cfg"
 TIMEOUT_S = 1200  # a generous bound for a loaded 2-core machine; a replay takes 1-5 minutes
-# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (05, 08, 10).
+# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (03, 09, 10).
 REGENERATED = (
     "data/theory/theory_beta_sweep.csv", "data/theory/theory_pg_dynamics.csv", "data/theory/theory_tree_beta.csv",
     "data/theory/theory_tree_paths.csv", "data/theory/theory_tree_summary.csv",
@@ -33,7 +33,7 @@ REGENERATED = (
 
 # Notebooks whose `mini` run is still being computed, unit by unit, across sessions: committed
 # without outputs, so a replay would train for hours; they are left out of it until the run is done.
-IN_PROGRESS = {"notebooks/06_real_model_qlora.ipynb"}  # data/real_smollm2-135m-instruct/PROTOCOL.md
+IN_PROGRESS: set[str] = set()  # none now: the real-model run of notebook 04 is complete
 
 
 def unexecuted_notebooks(root) -> list[str]:
