@@ -11,6 +11,7 @@ import copy
 import math
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,22 @@ from transformers import DynamicCache
 
 from gift_lite.losses import gold_mass
 from gift_lite.rewards import countdown_reward
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a policy is evaluated: samples per problem, k, temperature, lengths (every world)."""
+
+    num_samples: int = 16  # ours: enough for pass@16 (the paper reports pass@1..8 before RL)
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # issue 3
+    temperature: float = 1.0  # ours: the rollout temperature, so pass@k measures what RL can explore
+    max_new_tokens: int = 32  # a solution has at most 15 characters
+    batch_size: int = 512  # sequences per generate call
+    curve_every: int = 0  # ours: validation pass@1 every this many GRPO steps (0: no validation curve)
+    curve_samples: int = 8  # ours: samples per validation problem for that curve
+    n_train_eval: int = 0  # ours: RL prompts also evaluated after RL, for the train-test gap (0: none)
+    share_prompts: bool = False  # ours: one forward pass over a prompt for all its samples (bench_rl.py)
+
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 

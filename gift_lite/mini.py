@@ -1,9 +1,8 @@
 """The miniature's protocol: base → initialiser (SFT, GIFT, baselines) → GRPO, with evaluation.
 
-Every unit of work (one method, β and seed at one stage) writes its own rows file under
-``<data_dir>/units/<stage>/<key>.csv`` (atomically) and is skipped when that file exists, so an
-interrupted notebook resumes where it stopped and a finished one re-runs in seconds.
-``collect`` gathers the units into the long-format ``results.csv`` (``results.RESULT_COLUMNS``).
+Every unit of work (one method, β and seed at one stage) runs through ``units.py``: it writes its
+own rows file and is skipped when that file exists; ``units.collect`` gathers the finished units
+into the long-format ``results.csv``.
 
 Every method gets the same data, steps, learning rate and LoRA shape (``InitSettings``), and
 every RL run the same ``GRPOSettings``: only the loss differs.
@@ -12,27 +11,26 @@ every RL run the same ``GRPOSettings``: only the loss differs.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
 
-from gift_lite.evaluate import evaluate_task, merged_state_dict, response_token_metrics, weight_geometry
+from gift_lite.evaluate import (EvalSettings, evaluate_task, merged_state_dict, response_token_metrics,
+                                weight_geometry)
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
 from gift_lite.repro import seed_everything
-from gift_lite.results import RESULT_COLUMNS, atomic_write, check_writable, long_rows, write_csv, write_json
+from gift_lite.results import atomic_write, check_writable, long_rows, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.units import (adapter_dir, check_unit_settings, one_thread, problem_counts, recorded_settings_match,
+                             run_pool, unit_key, unit_path, with_added_fields)
 from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
 
 INF = float("inf")
@@ -50,19 +48,6 @@ class InitSettings:
     adam_beta2: float = 0.95  # official SFT script (beta1 0.9 is the default)
     max_grad_norm: float = 1.0  # official SFT script
     lora: LoraSettings | None = LoraSettings(r=8, lora_alpha=16)  # ours; None: full fine-tuning (paper)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    num_samples: int = 16  # ours: enough for pass@16 (the paper reports pass@1..8 before RL)
-    ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # issue 3
-    temperature: float = 1.0  # ours: the rollout temperature, so pass@k measures what RL can explore
-    max_new_tokens: int = 32  # a solution has at most 15 characters
-    batch_size: int = 512  # sequences per generate call
-    curve_every: int = 0  # ours: validation pass@1 every this many GRPO steps (0: no validation curve)
-    curve_samples: int = 8  # ours: samples per validation problem for that curve
-    n_train_eval: int = 0  # ours: RL prompts also evaluated after RL, for the train-test gap (0: none)
-    share_prompts: bool = False  # ours: one forward pass over a prompt for all its samples (bench_rl.py)
 
 
 @dataclass(frozen=True)
@@ -127,62 +112,6 @@ def describe(settings: MiniSettings, *, preset: str) -> str:
     ])
 
 
-# -- keys and paths --------------------------------------------------------------------------------
-def unit_key(method: str, beta: float, seed: int) -> str:
-    return f"{method}_beta{beta:g}_seed{seed}"
-
-
-def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("workers",)) -> None:
-    """Record the settings behind ``data_dir``'s units, and refuse to mix units of other settings.
-
-    Units are cached by (method, β, seed) only, so reusing a folder after changing, say, the
-    epochs would silently mix two protocols. ``settings`` is ``MiniSettings`` or ``RealSettings``;
-    the fields in ``ignore`` are left out: ``workers`` changes no number, and real runs put units
-    of several methods, β and seeds in one folder.
-    """
-    path = Path(data_dir) / "units" / "settings.json"
-    if not path.exists():
-        write_json(path, _settings_without(settings.config_dict(), ignore))
-    elif not recorded_settings_match(data_dir, settings, ignore):
-        raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
-                         f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
-
-
-# Fields added after committed runs were recorded, with the value those runs had implicitly:
-# a recorded config that lacks one of them is read with that value (settings.json, pretrain.json).
-# The section "" holds top-level fields.
-ADDED_FIELDS: dict[str, dict] = {
-    "": {"decisive_seeds": [], "decisive_beta": None},
-    "world": {"max_number": 9, "n_val": 0},
-    "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0, "share_prompts": False},
-    "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear", "share_prompts": False},
-}
-
-
-def with_added_fields(recorded: dict) -> dict:
-    """``recorded`` (a config dict) with every field of ``ADDED_FIELDS`` it lacks set to its old value."""
-    out = {**ADDED_FIELDS[""], **recorded} if "world" in recorded and "init" in recorded else dict(recorded)
-    for section, fields in ADDED_FIELDS.items():
-        if section and isinstance(out.get(section), dict):
-            out[section] = {**fields, **out[section]}
-    return out
-
-
-def _settings_without(config: dict, ignore: tuple[str, ...]) -> dict:
-    """``config`` without the fields in ``ignore``: top-level names, or ``section.field``."""
-    out = json.loads(json.dumps(with_added_fields(config)))
-    for name in ignore:
-        section, _, field = name.rpartition(".")
-        (out.get(section, {}) if section else out).pop(field, None)
-    return out
-
-
-def recorded_settings_match(data_dir: Path, settings, ignore: tuple[str, ...]) -> bool:
-    """Whether ``data_dir``'s ``units/settings.json`` equals ``settings``, both without ``ignore``."""
-    recorded = json.loads((Path(data_dir) / "units" / "settings.json").read_text())
-    return _settings_without(recorded, ignore) == _settings_without(settings.config_dict(), ignore)
-
-
 def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> int:
     """Copy ``src_dir``'s base and initialiser units, with their adapters, into ``dst_dir``.
 
@@ -212,14 +141,6 @@ def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> 
                 atomic_write(dst, lambda tmp, src=src: shutil.copyfile(src, tmp))
                 copied += 1
     return copied
-
-
-def unit_path(data_dir: Path, stage: str, key: str) -> Path:
-    return Path(data_dir) / "units" / stage / f"{key}.csv"
-
-
-def adapter_dir(data_dir: Path, stage: str, key: str) -> Path:
-    return Path(data_dir) / "adapters" / stage / key
 
 
 def weights_dir(data_dir: Path, stage: str, key: str, settings: MiniSettings) -> Path:
@@ -313,12 +234,6 @@ def _geometry_rows(a, b, name: str) -> list[dict]:
     geo = weight_geometry(a, b)
     return [{"split": "", "metric": f"{name}/cosine", "value": geo["cosine"]},
             {"split": "", "metric": f"{name}/l2", "value": geo["l2"]}]
-
-
-def problem_counts(problems, correct, **labels) -> list[dict]:
-    """One row per problem: its id and its number of correct samples (``correct``: (P, S) rewards)."""
-    hits = (np.asarray(correct) > 0.5).sum(axis=1)
-    return [{**labels, "problem_id": p.id, "correct": int(c)} for p, c in zip(problems, hits)]
 
 
 def validation_counts(model, tokenizer, world: World, settings: EvalSettings, *, seed: int) -> list[dict]:
@@ -533,29 +448,6 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
     return frame
 
 
-def collect(data_dir: Path, curves: str = "rl_curves") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All finished units as one long table, and all RL curves of kind ``curves`` (``rl_curves``:
-    reward per step; ``rl_val``: validation pass@1) as another."""
-    units = Path(data_dir) / "units"
-    results = [pd.read_csv(p, keep_default_na=False) for stage in ("base", "init", "rl")
-               for p in sorted((units / stage).glob("*.csv"))]
-    curve_frames = [pd.read_csv(p) for p in sorted((units / curves).glob("*.csv"))]
-    results = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=list(RESULT_COLUMNS))
-    curve_frames = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
-    return results, curve_frames
-
-
-def collect_counts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-problem counts of correct samples: of every test evaluation (with its ``stage``), and of
-    every RL validation curve (empty frames where a run wrote none)."""
-    units = Path(data_dir) / "units"
-    frames = [pd.read_csv(p, keep_default_na=False).assign(stage=stage) for stage in ("base", "init", "rl")
-              for p in sorted((units / f"{stage}_problems").glob("*.csv"))]
-    val = [pd.read_csv(p) for p in sorted((units / "rl_val_problems").glob("*.csv"))]
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
-            pd.concat(val, ignore_index=True) if val else pd.DataFrame())
-
-
 # -- running many units ----------------------------------------------------------------------------
 UNIT_RUNNERS = {"init": run_init_unit, "rl": run_rl_unit}
 _WORKER_WORLD: dict[WorldConfig, World] = {}
@@ -566,41 +458,10 @@ def worker_world(config: WorldConfig) -> World:
     return _WORKER_WORLD.get(config) or _WORKER_WORLD.setdefault(config, build_world(config))
 
 
-def one_thread(function, *args, **kwargs):
-    """``function(*args, **kwargs)`` on one torch thread (its numbers then do not depend on how many
-    run at once)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return function(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _run_unit(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
               seed: int) -> str:
     one_thread(UNIT_RUNNERS[stage], worker_world(settings.world), settings, base_dir, data_dir, method, beta, seed)
     return unit_key(method, beta, seed)
-
-
-def run_pool(function, jobs: list[tuple], workers: int, *, desc: str, progress: bool = True) -> list:
-    """``function(*job)`` for every job, in ``workers`` spawned processes (in order when 1); returns
-    the results in the order the jobs finish."""
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
-    done = []
-    if workers <= 1:
-        for job in jobs:
-            done.append(function(*job))
-            bar.update()
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(function, *job) for job in jobs]
-            for future in as_completed(futures):
-                done.append(future.result())
-                bar.update()
-    bar.close()
-    return done
 
 
 def run_units(stage: str, settings: MiniSettings, base_dir: Path, data_dir: Path, *, progress: bool = True) -> list[str]:

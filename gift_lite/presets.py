@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gift_lite.mini import INF, EvalSettings, InitSettings, MiniSettings
+from gift_lite.evaluate import EvalSettings
+from gift_lite.mini import INF, InitSettings, MiniSettings
 from gift_lite.models import LoraSettings, TinyModelConfig
 from gift_lite.protocol import SelectionSettings
 from gift_lite.repro import repo_root

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from gift_lite.evaluate import gold_probs, suggest_beta
-from gift_lite.mini import (INF, MiniSettings, check_unit_settings, load_policy, one_thread, rl_start,
-                            run_base_unit, run_pool, train_initialiser, train_rl, unit_path, worker_world)
+from gift_lite.mini import (INF, MiniSettings, load_policy, rl_start, run_base_unit, train_initialiser, train_rl,
+                            worker_world)
+from gift_lite.units import check_unit_settings, one_thread, run_pool, unit_path
 from gift_lite.results import write_csv
 from gift_lite.world import World, expert_solution
 

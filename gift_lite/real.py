@@ -1,10 +1,10 @@
 """Real small models on one GPU (issue 4): QLoRA initialiser with ``GIFTTrainer`` → GRPO with the
 math reward, evaluated before and after RL on math and multiple-choice benchmarks.
 
-The same protocol as the miniature (``mini.py``), at real scale: every unit of work (the base,
-one initialiser, one RL run, for a method, β and seed) writes its rows to
-``<data_dir>/units/<stage>/<key>.csv`` and is skipped when that file exists, and ``collect`` gathers
-them into the long-format ``results.csv``. Rows use ``results.RESULT_COLUMNS``; metrics are
+The same protocol as the miniature (``mini.py``), at real scale, through the same unit machinery
+(``units.py``): every unit of work (the base, one initialiser, one RL run, for a method, β and seed)
+writes its rows to ``<data_dir>/units/<stage>/<key>.csv`` and is skipped when that file exists, and
+``units.collect`` gathers them into the long-format ``results.csv``. Rows use ``results.RESULT_COLUMNS``; metrics are
 ``<benchmark>/pass@k`` per benchmark plus ``pass@k`` averaged over the benchmarks of a split
 (``id`` / ``ood``), ``train/*``, ``rl/*`` and ``perf/*`` (wall time, tokens/s, peak GPU memory).
 
@@ -43,10 +43,8 @@ from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, 
 
 from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, load_rl_prompts, load_sft,
                             split_of)
-from gift_lite.evaluate import evaluate_task, gold_probs, response_token_metrics
+from gift_lite.evaluate import EvalSettings, evaluate_task, gold_probs, response_token_metrics
 from gift_lite.losses import DEFAULT_BETA, LOSSES
-from gift_lite.mini import (EvalSettings, adapter_dir, check_unit_settings, collect,  # noqa: F401 (collect: for notebook 04)
-                            problem_counts, unit_key, unit_path)
 from gift_lite import models, smollm2
 from gift_lite.models import LoraSettings, add_lora, load_adapter, load_base, save_adapter
 from gift_lite.params import Param, check_parameters
@@ -55,6 +53,7 @@ from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer, fsdp_sharded
+from gift_lite.units import adapter_dir, check_unit_settings, problem_counts, unit_key, unit_path
 from gift_lite.world import set_special_tokens
 
 INF = float("inf")

@@ -5,7 +5,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from gift_lite import mini
+from gift_lite import mini, units
 from gift_lite.presets import PRESETS
 from gift_lite.world import build_world
 
@@ -36,7 +36,7 @@ def test_units_are_deterministic_across_worker_counts_and_resume(smoke_base, tmp
         ran = mini.run_units("init", settings, base_dir, data_dir, progress=False)
         assert len(ran) == len(settings.init_runs()) * len(settings.seeds)
         assert mini.run_units("init", settings, base_dir, data_dir, progress=False) == []  # all cached
-        frames.append(mini.collect(data_dir)[0].sort_values(["method", "beta", "metric"], ignore_index=True))
+        frames.append(units.collect(data_dir)[0].sort_values(["method", "beta", "metric"], ignore_index=True))
     pd.testing.assert_frame_equal(frames[0], frames[1])
 
 
@@ -44,7 +44,7 @@ def test_rl_unit_writes_results_and_curve(smoke_base, tmp_path):
     world, base_dir = smoke_base
     frame = mini.run_rl_unit(world, SMOKE, base_dir, tmp_path, "rl_only", float("inf"), 0)
     assert set(frame["stage"]) == {"rl"}
-    results, curves = mini.collect(tmp_path)
+    results, curves = units.collect(tmp_path)
     assert len(curves) == SMOKE.rl.max_steps
     assert {"pass@1", "kl_to_base", "rl/frac_reward_zero_std"} <= set(results["metric"])
 
@@ -89,31 +89,31 @@ def test_killed_run_resumes_to_the_same_numbers(stage, after, smoke_base, tmp_pa
     proc.wait()
     mini.run_units(stage, settings, base_dir, killed, progress=False)
     mini.run_units(stage, settings, base_dir, clean, progress=False)
-    frames = [mini.collect(d)[0].sort_values(["method", "beta", "metric"], ignore_index=True) for d in (killed, clean)]
+    frames = [units.collect(d)[0].sort_values(["method", "beta", "metric"], ignore_index=True) for d in (killed, clean)]
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert not list(killed.rglob("*.tmp")), "a killed run left a temporary file behind"
 
 
 def test_units_of_other_settings_are_refused(tmp_path):
-    mini.check_unit_settings(tmp_path, SMOKE)
-    mini.check_unit_settings(tmp_path, dataclasses.replace(SMOKE, workers=3))  # workers change no number
+    units.check_unit_settings(tmp_path, SMOKE)
+    units.check_unit_settings(tmp_path, dataclasses.replace(SMOKE, workers=3))  # workers change no number
     other = dataclasses.replace(SMOKE, init=dataclasses.replace(SMOKE.init, num_train_epochs=2))
     with pytest.raises(ValueError, match="other settings"):
-        mini.check_unit_settings(tmp_path, other)
+        units.check_unit_settings(tmp_path, other)
 
 
 def test_initialisers_are_reused_only_when_just_rl_changes(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
-    mini.check_unit_settings(src, SMOKE)  # records SMOKE as the settings behind src's units
+    units.check_unit_settings(src, SMOKE)  # records SMOKE as the settings behind src's units
     for stage, key in (("base", "base"), ("init", "sft_betainf_seed0")):
-        mini.unit_path(src, stage, key).parent.mkdir(parents=True, exist_ok=True)
-        mini.unit_path(src, stage, key).write_text("method,value\nsft,0.5\n")
-    mini.adapter_dir(src, "init", "sft_betainf_seed0").mkdir(parents=True)
-    (mini.adapter_dir(src, "init", "sft_betainf_seed0") / "adapter_config.json").write_text("{}")
+        units.unit_path(src, stage, key).parent.mkdir(parents=True, exist_ok=True)
+        units.unit_path(src, stage, key).write_text("method,value\nsft,0.5\n")
+    units.adapter_dir(src, "init", "sft_betainf_seed0").mkdir(parents=True)
+    (units.adapter_dir(src, "init", "sft_betainf_seed0") / "adapter_config.json").write_text("{}")
     longer = dataclasses.replace(SMOKE, rl=dataclasses.replace(SMOKE.rl, max_steps=8))
     assert mini.reuse_initialisers(src, dst, longer) == 2
-    assert mini.unit_path(dst, "init", "sft_betainf_seed0").read_text() == "method,value\nsft,0.5\n"
-    assert (mini.adapter_dir(dst, "init", "sft_betainf_seed0") / "adapter_config.json").exists()
+    assert units.unit_path(dst, "init", "sft_betainf_seed0").read_text() == "method,value\nsft,0.5\n"
+    assert (units.adapter_dir(dst, "init", "sft_betainf_seed0") / "adapter_config.json").exists()
     assert mini.reuse_initialisers(src, dst, longer) == 0  # what dst has is kept
     assert not list(dst.rglob("*.tmp"))
     with pytest.raises(ValueError, match="holds no initialiser units yet"):

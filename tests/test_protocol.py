@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gift_lite import claims, mini, protocol, stats
+from gift_lite import claims, mini, protocol, stats, units
 from gift_lite.presets import MINI, MINI_FT, PRESETS
 from gift_lite.repro import repo_root
 from gift_lite.world import WorldConfig, build_world
@@ -129,7 +129,7 @@ def test_problem_scores_give_pass_at_k_per_problem():
 
 # -- settings and world --------------------------------------------------------------------------
 def test_added_fields_keep_the_committed_runs_readable():
-    assert mini.recorded_settings_match(repo_root() / "data/mini", MINI, ("workers",))
+    assert units.recorded_settings_match(repo_root() / "data/mini", MINI, ("workers",))
     assert mini.base_is_current(repo_root() / "data/mini/base", MINI)
     assert mini.base_is_current(repo_root() / "data/mini_ft/base", MINI_FT)
 
@@ -176,9 +176,9 @@ def test_full_finetuning_units_end_to_end(ft_base, tmp_path):
     mini.run_units("rl", settings, base_dir, tmp_path, progress=False)
     retrained = mini.load_policy(base_dir, weights)[0].state_dict()
     assert all(torch.equal(init_state[k], retrained[k]) for k in init_state)
-    results, _ = mini.collect(tmp_path)
-    _, val = mini.collect(tmp_path, "rl_val")
-    counts, val_counts = mini.collect_counts(tmp_path)
+    results, _ = units.collect(tmp_path)
+    _, val = units.collect(tmp_path, "rl_val")
+    counts, val_counts = units.collect_counts(tmp_path)
     assert {"kl_to_base", "geometry/base_to_init/l2", "geometry/init_to_rl/l2"} <= set(results["metric"])
     assert set(results["split"]) == {"id", "ood", "train", ""}
     assert sorted(val["step"].unique()) == list(range(settings.rl.max_steps + 1))
@@ -199,7 +199,7 @@ def test_full_finetuning_grpo_is_deterministic(ft_base):
     runs = []
     for _ in range(2):
         policy, tokenizer = mini.rl_start(world, SMOKE_FT, base_dir, None, "rl_only", math.inf, 0)
-        curve, val, _ = mini.one_thread(mini.train_rl, world, SMOKE_FT, policy, tokenizer, 0)
+        curve, val, _ = units.one_thread(mini.train_rl, world, SMOKE_FT, policy, tokenizer, 0)
         runs.append((curve, val, {k: v.clone() for k, v in policy.state_dict().items()}))
     pd.testing.assert_frame_equal(runs[0][0], runs[1][0])
     pd.testing.assert_frame_equal(runs[0][1], runs[1][1])

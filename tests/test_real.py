@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from gift_lite import real
-from gift_lite.mini import check_unit_settings
+from gift_lite.units import check_unit_settings
 
 SCRIPT = """
 import os, signal, sys

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest

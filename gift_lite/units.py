@@ -1,0 +1,148 @@
+"""The unit of work, shared by every world (the miniature's protocols and real models).
+
+A unit is one method, β and seed at one stage. It writes its own rows file under
+``<data_dir>/units/<stage>/<key>.csv`` (atomically) and is skipped when that file exists, so an
+interrupted run resumes where it stopped and a finished one re-runs in seconds. Here: the keys and
+paths of units, the guard that refuses to mix units made with other settings, ``collect`` (all
+finished units as one long table), and the process pool that runs many units.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from gift_lite.results import RESULT_COLUMNS, write_json
+
+
+# -- keys, paths and the settings guard --------------------------------------------------------------------------------
+def unit_key(method: str, beta: float, seed: int) -> str:
+    return f"{method}_beta{beta:g}_seed{seed}"
+
+
+def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("workers",)) -> None:
+    """Record the settings behind ``data_dir``'s units, and refuse to mix units of other settings.
+
+    Units are cached by (method, β, seed) only, so reusing a folder after changing, say, the
+    epochs would silently mix two protocols. ``settings`` is ``MiniSettings`` or ``RealSettings``;
+    the fields in ``ignore`` are left out: ``workers`` changes no number, and real runs put units
+    of several methods, β and seeds in one folder.
+    """
+    path = Path(data_dir) / "units" / "settings.json"
+    if not path.exists():
+        write_json(path, _settings_without(settings.config_dict(), ignore))
+    elif not recorded_settings_match(data_dir, settings, ignore):
+        raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
+                         f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
+
+
+# Fields added after committed runs were recorded, with the value those runs had implicitly:
+# a recorded config that lacks one of them is read with that value (settings.json, pretrain.json).
+# The section "" holds top-level fields.
+ADDED_FIELDS: dict[str, dict] = {
+    "": {"decisive_seeds": [], "decisive_beta": None},
+    "world": {"max_number": 9, "n_val": 0},
+    "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0, "share_prompts": False},
+    "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear", "share_prompts": False},
+}
+
+
+def with_added_fields(recorded: dict) -> dict:
+    """``recorded`` (a config dict) with every field of ``ADDED_FIELDS`` it lacks set to its old value."""
+    out = {**ADDED_FIELDS[""], **recorded} if "world" in recorded and "init" in recorded else dict(recorded)
+    for section, fields in ADDED_FIELDS.items():
+        if section and isinstance(out.get(section), dict):
+            out[section] = {**fields, **out[section]}
+    return out
+
+
+def _settings_without(config: dict, ignore: tuple[str, ...]) -> dict:
+    """``config`` without the fields in ``ignore``: top-level names, or ``section.field``."""
+    out = json.loads(json.dumps(with_added_fields(config)))
+    for name in ignore:
+        section, _, field = name.rpartition(".")
+        (out.get(section, {}) if section else out).pop(field, None)
+    return out
+
+
+def recorded_settings_match(data_dir: Path, settings, ignore: tuple[str, ...]) -> bool:
+    """Whether ``data_dir``'s ``units/settings.json`` equals ``settings``, both without ``ignore``."""
+    recorded = json.loads((Path(data_dir) / "units" / "settings.json").read_text())
+    return _settings_without(recorded, ignore) == _settings_without(settings.config_dict(), ignore)
+
+
+def unit_path(data_dir: Path, stage: str, key: str) -> Path:
+    return Path(data_dir) / "units" / stage / f"{key}.csv"
+
+
+def adapter_dir(data_dir: Path, stage: str, key: str) -> Path:
+    return Path(data_dir) / "adapters" / stage / key
+
+
+def problem_counts(problems, correct, **labels) -> list[dict]:
+    """One row per problem: its id and its number of correct samples (``correct``: (P, S) rewards)."""
+    hits = (np.asarray(correct) > 0.5).sum(axis=1)
+    return [{**labels, "problem_id": p.id, "correct": int(c)} for p, c in zip(problems, hits)]
+
+
+# -- gathering finished units ---------------------------------------------------------------------
+def collect(data_dir: Path, curves: str = "rl_curves") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All finished units as one long table, and all RL curves of kind ``curves`` (``rl_curves``:
+    reward per step; ``rl_val``: validation pass@1) as another."""
+    units = Path(data_dir) / "units"
+    results = [pd.read_csv(p, keep_default_na=False) for stage in ("base", "init", "rl")
+               for p in sorted((units / stage).glob("*.csv"))]
+    curve_frames = [pd.read_csv(p) for p in sorted((units / curves).glob("*.csv"))]
+    results = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=list(RESULT_COLUMNS))
+    curve_frames = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
+    return results, curve_frames
+
+
+def collect_counts(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-problem counts of correct samples: of every test evaluation (with its ``stage``), and of
+    every RL validation curve (empty frames where a run wrote none)."""
+    units = Path(data_dir) / "units"
+    frames = [pd.read_csv(p, keep_default_na=False).assign(stage=stage) for stage in ("base", "init", "rl")
+              for p in sorted((units / f"{stage}_problems").glob("*.csv"))]
+    val = [pd.read_csv(p) for p in sorted((units / "rl_val_problems").glob("*.csv"))]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
+            pd.concat(val, ignore_index=True) if val else pd.DataFrame())
+
+
+# -- running many units ----------------------------------------------------------------------------
+def one_thread(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` on one torch thread (its numbers then do not depend on how many
+    run at once)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_pool(function, jobs: list[tuple], workers: int, *, desc: str, progress: bool = True) -> list:
+    """``function(*job)`` for every job, in ``workers`` spawned processes (in order when 1); returns
+    the results in the order the jobs finish."""
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    done = []
+    if workers <= 1:
+        for job in jobs:
+            done.append(function(*job))
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(function, *job) for job in jobs]
+            for future in as_completed(futures):
+                done.append(future.result())
+                bar.update()
+    bar.close()
+    return done
