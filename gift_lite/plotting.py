@@ -435,17 +435,33 @@ def plot_sft_selection(table):
     return fig
 
 
-def plot_validation_curves(curves, *, ax=None):
+def plot_validation_curves(curves, *, highlight=(), ax=None):
     """Validation pass@1 against GRPO step, mean over seeds: one line per learning rate (selection
-    runs, a ``learning_rate`` column) or per start (``method``, ``beta``)."""
+    runs, a ``learning_rate`` column) or per start (``method``, ``beta``).
+
+    ``highlight``: the ``(method, beta)`` starts a comparison judges, drawn strongly with the
+    min–max band over their seeds; the other starts are drawn faded, for context.
+    """
     fig, ax = _figure(ax)
     by_lr = "learning_rate" in curves.columns
+    strong = {(method, float(beta)) for method, beta in highlight}
     for key, group in curves.groupby("learning_rate" if by_lr else ["method", "beta"], sort=False):
-        mean = group.groupby("step")["val_pass@1"].mean()
-        style = {"label": f"lr {key:g}"} if by_lr else {"label": method_label(*key), "color": run_color(*key)}
-        ax.plot(mean.index, mean.values, marker="o", ms=2, **style)
+        per_step = group.groupby("step")["val_pass@1"]
+        mean = per_step.mean()
+        if by_lr:
+            ax.plot(mean.index, mean.values, marker="o", ms=2, label=f"lr {key:g}")
+            continue
+        style = {"label": method_label(*key), "color": run_color(*key)}
+        if strong and (key[0], float(key[1])) not in strong:
+            ax.plot(mean.index, mean.values, lw=0.8, alpha=0.3, **style)
+            continue
+        ax.plot(mean.index, mean.values, marker="o", ms=2, lw=1.8, zorder=3, **style)
+        if strong:
+            ax.fill_between(mean.index, per_step.min(), per_step.max(), color=style["color"], alpha=0.15, lw=0)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("validation pass@1")
+    if strong:
+        ax.set_title("the judged starts strong, band: min–max over seeds", fontsize=9)
     ax.legend(ncol=2)
     return fig
 

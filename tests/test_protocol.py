@@ -205,3 +205,22 @@ def test_full_finetuning_grpo_is_deterministic(ft_base):
     pd.testing.assert_frame_equal(runs[0][1], runs[1][1])
     assert all(torch.equal(runs[0][2][k], runs[1][2][k]) for k in runs[0][2])
     assert not policy.is_gradient_checkpointing
+
+
+def test_validation_curves_draw_the_judged_starts_with_seed_bands_and_fade_the_rest():
+    from matplotlib.collections import PolyCollection
+
+    from gift_lite import plotting
+    rows = [{"method": m, "beta": b, "seed": s, "step": step, "val_pass@1": 0.1 * step + 0.01 * s}
+            for m, b in (("gift", 1.0), ("sft", math.inf), ("dft", math.inf)) for s in (0, 1, 2) for step in (0, 1, 2)]
+    curves = pd.DataFrame(rows)
+    fig = plotting.plot_validation_curves(curves, highlight=[("gift", 1), ("sft", math.inf)])
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one min-max band per judged start, none for the faded one
+    low, high = bands[0].get_paths()[0].vertices[:, 1].min(), bands[0].get_paths()[0].vertices[:, 1].max()
+    assert (low, high) == pytest.approx((0.0, 0.22))  # seeds 0..2 at steps 0..2: 0.00 to 0.22
+    alphas = {line.get_label(): line.get_alpha() for line in ax.get_lines()}
+    assert alphas["DFT"] == 0.3 and alphas["SFT (β = ∞)"] is None
+    plain = plotting.plot_validation_curves(curves)  # no highlight: every start alike, no bands
+    assert not [c for c in plain.axes[0].collections if isinstance(c, PolyCollection)]
