@@ -4,9 +4,10 @@ math reward, evaluated before and after RL on math and multiple-choice benchmark
 The same protocol as the miniature (``mini.py``), at real scale, through the same unit machinery
 (``units.py``): every unit of work (the base, one initialiser, one RL run, for a method, β and seed)
 writes its rows to ``<data_dir>/units/<stage>/<key>.csv`` and is skipped when that file exists, and
-``units.collect`` gathers them into the long-format ``results.csv``. Rows use ``results.RESULT_COLUMNS``; metrics are
-``<benchmark>/pass@k`` per benchmark plus ``pass@k`` averaged over the benchmarks of a split
-(``id`` / ``ood``), ``train/*``, ``rl/*`` and ``perf/*`` (wall time, tokens/s, peak GPU memory).
+``units.collect`` gathers them into the long-format ``results.csv``. Rows use
+``results.RESULT_COLUMNS``; metrics are ``<benchmark>/pass@k`` per benchmark plus ``pass@k``
+averaged over the benchmarks of a split (``id`` / ``ood``), ``train/*``, ``rl/*`` and ``perf/*``
+(wall time, tokens/s, peak GPU memory).
 
 ``SMOKE_REAL`` stands in on CPU: a tiny Qwen2 built locally (random weights, character
 tokenizer), loaded in 4-bit exactly like a hub model, with the sample problems in

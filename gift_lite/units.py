@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from gift_lite.results import RESULT_COLUMNS, write_json
 
 
-# -- keys, paths and the settings guard --------------------------------------------------------------------------------
+# -- keys, paths and the settings guard ------------------------------------------------------------
 def unit_key(method: str, beta: float, seed: int) -> str:
     return f"{method}_beta{beta:g}_seed{seed}"
 
@@ -92,7 +92,7 @@ def problem_counts(problems, correct, **labels) -> list[dict]:
     return [{**labels, "problem_id": p.id, "correct": int(c)} for p, c in zip(problems, hits)]
 
 
-# -- gathering finished units ---------------------------------------------------------------------
+# -- gathering finished units ----------------------------------------------------------------------
 def collect(data_dir: Path, curves: str = "rl_curves") -> tuple[pd.DataFrame, pd.DataFrame]:
     """All finished units as one long table, and all RL curves of kind ``curves`` (``rl_curves``:
     reward per step; ``rl_val``: validation pass@1) as another."""
