@@ -66,6 +66,7 @@ class MiniSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     decisive_seeds: tuple[int, ...] = ()  # more seeds for SFT, GIFT at decisive_beta and RL only
     decisive_beta: float | None = None  # the GIFT β the claims are judged at, when fixed in advance
+    unified: tuple[str, ...] = ()  # SFT+RL methods run from the base in one stage (unified.py: luffy, relift)
     workers: int = 2  # ours: units run in parallel processes of one thread each (2 cores)
 
     def init_runs(self) -> list[tuple[str, float]]:
@@ -74,9 +75,10 @@ class MiniSettings:
         return runs + [(m, INF) for m in self.baselines]
 
     def rl_runs(self) -> list[tuple[str, float]]:
-        """(method, β) of every RL run: each initialiser whose method is in ``rl_methods``, then RL only."""
+        """(method, β) of every RL run: each initialiser whose method is in ``rl_methods``, then RL only,
+        then the unified methods (from the base)."""
         runs = [(m, b) for m, b in self.init_runs() if m in self.rl_methods]
-        return runs + ([("rl_only", INF)] if "rl_only" in self.rl_methods else [])
+        return runs + ([("rl_only", INF)] if "rl_only" in self.rl_methods else []) + [(m, INF) for m in self.unified]
 
     def units(self, stage: str) -> list[tuple[str, float, int]]:
         """(method, β, seed) of every unit of ``stage``: each run over ``seeds``, then the decisive

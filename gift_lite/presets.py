@@ -30,6 +30,8 @@ class Preset:
     mini: MiniSettings  # the miniature's protocol at this scale (notebooks 06-09)
     mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 02-03)
     selection: SelectionSettings  # its selection grids (data/mini_ft/PROTOCOL.md §3-4)
+    mini_conf: MiniSettings  # the confirmatory protocol at this scale (data/mini_conf/PROTOCOL.md)
+    conf_selection: SelectionSettings  # its selection grids and base check
 
     def data_dir(self, world: str) -> Path:
         """Folder for this preset's result files of ``world`` (e.g. ``mini``, ``theory``)."""
@@ -86,10 +88,31 @@ MINI_FT = MiniSettings(
     rl_methods=("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only"),
     decisive_seeds=(3, 4), decisive_beta=1.0)  # decisive_beta: beta* (notebook 02)
 
+# The confirmatory protocol (data/mini_conf/PROTOCOL.md): numbers 1-15 for 1000 fresh ID test problems,
+# the OOD family (targets 51-99) in the pretraining corpus, 10 seeds for the decisive starts (its power
+# analysis), LUFFY and ReLIFT from the base, the fast GRPO configuration (shared prompts). Values
+# marked "selected" are the outcome of its selection (set once the selection has run).
+MINI_CONF_WORLD = WorldConfig(max_number=15, n_val=200, n_rl=2400, n_id_test=1000, n_ood_test=500, ood_pretrain=1224)
+MINI_CONF = replace(
+    MINI_FT, world=MINI_CONF_WORLD,
+    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected: not yet
+    eval=replace(MINI_FT.eval, share_prompts=True),
+    rl=replace(MINI_FT.rl, share_prompts=True, learning_rate=1e-4, max_steps=325),  # selected: not yet
+    decisive_seeds=tuple(range(3, 10)), decisive_beta=1.0,  # decisive_beta: beta* (selected: not yet)
+    unified=("luffy", "relift"))
+CONF_SELECTION = SelectionSettings(base_ood_pass1=0.05, base_ood_pass16=0.40)  # PROTOCOL.md §1
+SMOKE_MINI_CONF = replace(
+    SMOKE_MINI_FT, world=replace(SMOKE_MINI_FT.world, ood_pretrain=16),
+    eval=replace(SMOKE_MINI_FT.eval, share_prompts=True), rl=replace(SMOKE_MINI_FT.rl, share_prompts=True),
+    unified=("luffy", "relift"))
+
 PRESETS: dict[str, Preset] = {
-    "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI, mini_ft=SMOKE_MINI_FT, selection=SMOKE_SELECTION),
-    "mini": Preset(name="mini", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings()),
-    "gpu": Preset(name="gpu", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings()),
+    "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI, mini_ft=SMOKE_MINI_FT, selection=SMOKE_SELECTION,
+                    mini_conf=SMOKE_MINI_CONF, conf_selection=SMOKE_SELECTION),
+    "mini": Preset(name="mini", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings(),
+                   mini_conf=MINI_CONF, conf_selection=CONF_SELECTION),
+    "gpu": Preset(name="gpu", scratch=False, mini=MINI, mini_ft=MINI_FT, selection=SelectionSettings(),
+                  mini_conf=MINI_CONF, conf_selection=CONF_SELECTION),
 }
 
 

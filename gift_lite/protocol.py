@@ -36,6 +36,8 @@ class SelectionSettings:
     min_rl_gain: float = 0.05  # stage check: RL only gains at least 5 points of validation pass@1
     base_pass1: tuple[float, float] = (0.05, 0.40)  # base check: ID test pass@1 range ...
     base_pass16: float = 0.40  # ... and the least ID pass@16
+    base_ood_pass1: float = 0.0  # the least OOD pass@1 and pass@16 of the base (data/mini_conf: the OOD
+    base_ood_pass16: float = 0.0  # family must be one the base can solve); 0: no OOD check (data/mini_ft)
     enforce: bool = True  # stage checks and "preset = selection" stop the notebook (smoke: only reported)
 
 
@@ -204,11 +206,15 @@ def rl_gain(curve: pd.DataFrame, step: int) -> float:
 
 
 def base_check(base_rows: pd.DataFrame, selection: SelectionSettings, k: int = 16) -> dict:
-    """The base check of PROTOCOL.md §1 on the base unit's rows (``k``: the large k, 16)."""
+    """The base check of PROTOCOL.md §1 on the base unit's rows (``k``: the large k, 16): ID pass@1
+    in range and ID pass@k above its floor; with OOD floors set, OOD pass@1 and pass@k above them."""
     value = base_rows[base_rows["split"] == "id"].set_index("metric")["value"]
+    ood = base_rows[base_rows["split"] == "ood"].set_index("metric")["value"]
     low, high = selection.base_pass1
-    passes = low <= value["pass@1"] <= high and value[f"pass@{k}"] >= selection.base_pass16
-    return {"id/pass@1": float(value["pass@1"]), "id/pass@k": float(value[f"pass@{k}"]), "passes": bool(passes)}
+    passes = (low <= value["pass@1"] <= high and value[f"pass@{k}"] >= selection.base_pass16
+              and ood["pass@1"] >= selection.base_ood_pass1 and ood[f"pass@{k}"] >= selection.base_ood_pass16)
+    return {"id/pass@1": float(value["pass@1"]), "id/pass@k": float(value[f"pass@{k}"]),
+            "ood/pass@1": float(ood["pass@1"]), "ood/pass@k": float(ood[f"pass@{k}"]), "passes": bool(passes)}
 
 
 def prompt_passes(steps: int, prompts_per_step: int, n_prompts: int) -> float:
@@ -222,3 +228,43 @@ def trapezoid_mean(steps, values) -> float:
     if len(steps) < 2:
         return float(values.mean())
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
+
+
+# -- power (data/mini_conf/PROTOCOL.md §6) ----------------------------------------------------------
+POWER_PAIRS = (  # (name, start A, start B): the pilot's decisive comparisons after RL, ID test pass@1
+    ("gift_vs_sft", ("gift", 1.0), ("sft", INF)),
+    ("gift_vs_rl_only", ("gift", 1.0), ("rl_only", INF)),
+)
+
+
+def power_analysis(pilot_dir: Path, seeds: tuple[int, ...], problems: tuple[int, ...], *,
+                   grid_seeds: int = 3, num_samples: int = 16) -> pd.DataFrame:
+    """Projected standard error and smallest detectable difference (2.8 SE) of the random-effects
+    interval (``stats.random_effects_difference``) for the pilot's decisive comparisons, at each
+    number of seeds per start and of test problems.
+
+    The variance components are estimated from the pilot's per-problem counts after RL
+    (``units/rl_problems/``, ID test) by ``stats.variance_components``. Rows with ``seeds_a =
+    grid_seeds`` project a start of the β grid (3 seeds) against a decisive start (claim 4 when
+    β̂ is not β*).
+    """
+    from gift_lite.stats import DETECTABLE, problem_scores, projected_se, variance_components
+    from gift_lite.units import collect_counts
+
+    counts, _ = collect_counts(pilot_dir)
+    after = counts[(counts["stage"] == "rl") & (counts["split"] == "id")]
+
+    def table(method, beta):
+        return problem_scores(after[(after["method"] == method) & (after["beta"] == beta)], num_samples)
+
+    rows = []
+    for name, a, b in POWER_PAIRS:
+        c = variance_components(table(*a), table(*b))
+        for n in seeds:
+            for n_a in (n, grid_seeds):
+                for p in problems:
+                    se = projected_se(c, n_a, p, n)
+                    rows.append({"comparison": name, "seeds_a": n_a, "seeds_b": n, "problems": p,
+                                 "se": se, "detectable": DETECTABLE * se,
+                                 **{f"pilot_{k}": v for k, v in c.items()}})
+    return pd.DataFrame(rows).drop_duplicates(["comparison", "seeds_a", "seeds_b", "problems"])

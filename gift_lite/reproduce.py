@@ -190,6 +190,26 @@ def reproduce(preset: str, only: list[str] | None = None, output: Path | None = 
     return done
 
 
+POWER_SEEDS = (3, 5, 8, 10, 12, 15, 20)  # data/mini_conf/PROTOCOL.md §6: the grid of the power analysis
+POWER_PROBLEMS = (200, 500, 1000)
+
+
+def write_power(pilot: Path, out: Path) -> int:
+    """``power.csv`` (and its run JSON) of ``protocol.power_analysis`` on ``pilot``'s units."""
+    from gift_lite.protocol import power_analysis
+    from gift_lite.results import write_csv, write_run_json
+
+    if not (Path(pilot) / "units").is_dir():
+        print(f"power stopped: pilot={str(pilot)!r} has no units/ folder", file=sys.stderr)
+        return 1
+    table = power_analysis(pilot, POWER_SEEDS, POWER_PROBLEMS)
+    write_csv(out, table)
+    write_run_json(Path(out).with_name(Path(out).stem + "_run.json"),
+                   {"pilot": str(pilot), "seeds": POWER_SEEDS, "problems": POWER_PROBLEMS})
+    print(f"wrote {out} ({len(table)} rows)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gift_lite")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--in-place", action="store_true",
                      help="write outputs into the committed notebooks (refreshes what readers see); "
                           "the resume manifest stays in the output folder")
+    power = sub.add_parser("power", help="the confirmatory protocol's power analysis from the pilot's units")
+    power.add_argument("--pilot", type=Path, default=Path("data/mini_ft"), help="the pilot protocol's folder")
+    power.add_argument("--out", type=Path, default=Path("data/mini_conf/power.csv"))
     args = parser.parse_args(argv)
+    if args.command == "power":
+        return write_power(args.pilot, args.out)
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         done = reproduce(args.preset, args.only, args.output, args.in_place, args.force, log=log)

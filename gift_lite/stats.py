@@ -10,7 +10,9 @@ practical margin ``m``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -121,3 +123,112 @@ def combine(parts: list[Difference], rule: str = "all") -> str:
     if "not reproduced" in deciding:
         return "not reproduced"
     return "inconclusive"
+
+
+# -- the confirmatory protocol's interval: random effects, no resampling (data/mini_conf/PROTOCOL.md §6)
+# Model of one method's (problems x seeds) score table: y[p, s] = mu + a[p] + b[s] + e[p, s], problems
+# and seeds random, problems shared by the two methods of a comparison, seeds each method's own. The
+# difference of grand means D = mean(A) - mean(B) then has
+#     Var(D) = Var_p(dbar[p]) / P  +  sum over methods of sigma2_seed / n_seeds,
+# where dbar[p] is the difference of the two methods' seed means on problem p: the first term holds
+# the problems' spread of the difference and the interaction / sampling noise once each, the second
+# the seed-to-seed spread of the run itself. Every term is estimated by the method of moments.
+DECIMALS = 9  # tie rule: interval ends are rounded to 9 decimals before they are compared with 0 or m
+
+
+def seed_component(table: np.ndarray) -> tuple[float, float]:
+    """``(sigma2_seed, sigma2_residual)`` of a (problems x seeds) table by the method of moments
+    (two-way crossed ANOVA without replication); the seed component is floored at 0."""
+    table = np.asarray(table, float)
+    n_problems, n_seeds = table.shape
+    if n_problems < 2 or n_seeds < 2:
+        raise ValueError(f"table of shape {table.shape} needs at least 2 problems and 2 seeds")
+    grand = table.mean()
+    rows, cols = table.mean(axis=1), table.mean(axis=0)
+    ms_seed = n_problems * np.sum((cols - grand) ** 2) / (n_seeds - 1)
+    residual = table - rows[:, None] - cols[None, :] + grand
+    ms_residual = np.sum(residual ** 2) / ((n_problems - 1) * (n_seeds - 1))
+    return max(0.0, (ms_seed - ms_residual) / n_problems), float(ms_residual)
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile (0.5 < q < 1) of Student's t with ``df`` degrees of freedom: bisection on
+    its CDF, integrated from the density (Simpson's rule, 20 001 points; error below 1e-8 for df ≥ 1)."""
+    if not 0.5 < q < 1 or not df >= 1:
+        raise ValueError(f"q={q} must be in (0.5, 1) and df={df} at least 1")
+    if df > 1e6:  # the normal limit, to its own precision
+        return float(NormalDist().inv_cdf(q))
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 20_001)
+        density = np.exp(log_norm - (df + 1) / 2 * np.log1p(grid ** 2 / df))
+        weights = np.ones_like(grid)
+        weights[1:-1:2], weights[2:-1:2] = 4, 2
+        return 0.5 + float(np.dot(weights, density)) * (grid[1] - grid[0]) / 3
+
+    low, high = 0.0, 1.0
+    while cdf(high) < q:
+        low, high = high, 2 * high
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < q else (low, mid)
+    return (low + high) / 2
+
+
+def _t_interval(what, a, b, estimate, parts, sign, margin) -> Difference:
+    """``estimate`` ± t(0.975, ν)·SE, SE² the sum of ``parts`` ((variance, df) pairs), ν by
+    Welch–Satterthwaite."""
+    variance = sum(v for v, _ in parts)
+    se = float(np.sqrt(variance))
+    df = variance ** 2 / sum(v ** 2 / d for v, d in parts if v > 0) if variance > 0 else float("inf")
+    half = t_quantile((1 + LEVEL) / 2, df) * se if se > 0 else 0.0
+    return Difference(what=what, a=a, b=b, low=round(estimate - half, DECIMALS),
+                      high=round(estimate + half, DECIMALS), se=se, sign=sign, margin=margin)
+
+
+def random_effects_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, sign: int,
+                              margin: float) -> Difference:
+    """A − B of two (problems x seeds) score tables over their shared problems, with the
+    random-effects variance above and a t interval (Welch–Satterthwaite degrees of freedom).
+    Deterministic: no resampling, so no verdict depends on a random-number generator."""
+    shared = a.index.intersection(b.index)
+    if len(shared) < 2:
+        raise ValueError(f"{what}: the two methods share {len(shared)} problems; at least 2 are needed")
+    ta, tb = a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
+    per_problem = ta.mean(axis=1) - tb.mean(axis=1)
+    parts = [(per_problem.var(ddof=1) / len(shared), len(shared) - 1)]
+    for table in (ta, tb):
+        parts.append((seed_component(table)[0] / table.shape[1], table.shape[1] - 1))
+    return _t_interval(what, float(ta.mean()), float(tb.mean()), float(per_problem.mean()), parts, sign, margin)
+
+
+def welch_difference(a, b, *, what: str, sign: int, margin: float) -> Difference:
+    """A − B of per-seed scalars (entropy, KL): Welch's t interval."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"{what}: each method needs at least 2 seeds (got {len(a)} and {len(b)})")
+    parts = [(a.var(ddof=1) / len(a), len(a) - 1), (b.var(ddof=1) / len(b), len(b) - 1)]
+    return _t_interval(what, float(a.mean()), float(b.mean()), float(a.mean() - b.mean()), parts, sign, margin)
+
+
+def variance_components(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    """The pieces of Var(D) for two (problems x seeds) tables, per unit of problems and seeds, so
+    that ``projected_se`` can scale them: ``problem`` (the difference's spread over problems, less
+    the residual noise), ``residual`` (the two methods' residuals, which shrink with seeds and
+    problems), ``seed`` (the two methods' seed components)."""
+    shared = a.index.intersection(b.index)
+    ta, tb = a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
+    (sa, ra), (sb, rb) = seed_component(ta), seed_component(tb)
+    spread = (ta.mean(axis=1) - tb.mean(axis=1)).var(ddof=1)
+    problem = max(0.0, spread - ra / ta.shape[1] - rb / tb.shape[1])
+    return {"problem": float(problem), "residual": float((ra + rb) / 2), "seed": float((sa + sb) / 2),
+            "n_problems": len(shared), "seeds_a": ta.shape[1], "seeds_b": tb.shape[1]}
+
+
+def projected_se(components: dict[str, float], seeds_a: int, n_problems: int, seeds_b: int | None = None) -> float:
+    """SE of D at ``seeds_a`` and ``seeds_b`` (default: as many) seeds and ``n_problems`` problems,
+    from ``variance_components``: sqrt((problem + residual/n_a + residual/n_b) / P + seed/n_a + seed/n_b)."""
+    c, seeds_b = components, seeds_b or seeds_a
+    noise = c["residual"] / seeds_a + c["residual"] / seeds_b
+    return float(np.sqrt((c["problem"] + noise) / n_problems + c["seed"] / seeds_a + c["seed"] / seeds_b))

@@ -47,8 +47,8 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
 # a recorded config that lacks one of them is read with that value (settings.json, pretrain.json).
 # The section "" holds top-level fields.
 ADDED_FIELDS: dict[str, dict] = {
-    "": {"decisive_seeds": [], "decisive_beta": None},
-    "world": {"max_number": 9, "n_val": 0},
+    "": {"decisive_seeds": [], "decisive_beta": None, "unified": []},
+    "world": {"max_number": 9, "n_val": 0, "ood_pretrain": 0},
     "eval": {"curve_every": 0, "curve_samples": 8, "n_train_eval": 0, "share_prompts": False},
     "rl": {"gradient_checkpointing": True, "lr_scheduler_type": "linear", "share_prompts": False},
 }

@@ -177,6 +177,8 @@ class WorldConfig:
     corpus_slip: float = 0.15  # ours: share of attempts with an arithmetic slip; the rest miss
     max_number: int = 9  # ours: given numbers are 1..max_number (13 widens the pool for converged RL)
     n_val: int = 0  # ours: ID validation problems for choosing settings, disjoint from every other split
+    ood_pretrain: int = 0  # ours: OOD problems (besides the OOD test) in the pretraining corpus: the base
+    #                        knows the family, SFT and RL never show it (data/mini_conf/PROTOCOL.md)
 
 
 @dataclass(frozen=True)
@@ -225,8 +227,10 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     if any(v < 0 for v in sizes.values()) or sum(sizes.values()) >= len(id_keys):
         raise ValueError(f"n_id_test + n_sft + n_rl + n_val = {sum(sizes.values())} must be non-negative and below "
                          f"{len(id_keys)} (solvable ID problems) to leave problems for pretraining")
-    if not 0 <= config.n_ood_test <= len(ood_keys):
-        raise ValueError(f"n_ood_test={config.n_ood_test} must be between 0 and {len(ood_keys)}")
+    if not (0 <= config.n_ood_test and 0 <= config.ood_pretrain
+            and config.n_ood_test + config.ood_pretrain <= len(ood_keys)):
+        raise ValueError(f"n_ood_test={config.n_ood_test} and ood_pretrain={config.ood_pretrain} must be "
+                         f"non-negative and sum to at most {len(ood_keys)} (solvable OOD problems)")
     if not (0 <= config.corpus_correct and 0 <= config.corpus_slip
             and config.corpus_correct + config.corpus_slip <= 1):
         raise ValueError(f"corpus_correct={config.corpus_correct} and corpus_slip={config.corpus_slip} "
@@ -240,7 +244,9 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
     rl, rest = take(rest, config.n_rl, "rl")
     val, rest = take(rest, config.n_val, "val")  # after rl: n_val = 0 leaves the older worlds' draws unchanged
     pretrain, _ = take(rest, len(rest), "pre")
-    ood_test, _ = take(ood_keys, config.n_ood_test, "ood")
+    ood_test, ood_rest = take(ood_keys, config.n_ood_test, "ood")
+    if config.ood_pretrain:  # drawn last: ood_pretrain = 0 leaves the older worlds' draws unchanged
+        pretrain += take(ood_rest, config.ood_pretrain, "preood")[0]
     corpus = _corpus(pretrain, config, random.Random(config.seed + 1))
     return World(config=config, pretrain=pretrain, sft=sft, rl=rl, val=val, id_test=id_test, ood_test=ood_test,
                  corpus=corpus)

@@ -61,11 +61,15 @@ def test_budget_stops_where_later_gains_stay_within_one_standard_error():
 
 
 def test_base_check_and_helpers():
-    rows = pd.DataFrame({"split": ["id", "id", "ood"], "metric": ["pass@1", "pass@16", "pass@1"],
-                         "value": [0.12, 0.75, 0.02]})
+    rows = pd.DataFrame({"split": ["id", "id", "ood", "ood"], "metric": ["pass@1", "pass@16", "pass@1", "pass@16"],
+                         "value": [0.12, 0.75, 0.02, 0.2]})
     sel = protocol.SelectionSettings()
-    assert protocol.base_check(rows, sel)["passes"]
-    assert not protocol.base_check(rows.assign(value=[0.5, 0.9, 0.1]), sel)["passes"]
+    assert protocol.base_check(rows, sel)["passes"]  # data/mini_ft: no OOD floor
+    assert not protocol.base_check(rows.assign(value=[0.5, 0.9, 0.1, 0.5]), sel)["passes"]
+    conf = dataclasses.replace(sel, base_ood_pass1=0.05, base_ood_pass16=0.40)  # data/mini_conf
+    assert not protocol.base_check(rows, conf)["passes"]  # the OOD family at a floor fails it
+    check = protocol.base_check(rows.assign(value=[0.12, 0.75, 0.06, 0.5]), conf)
+    assert check["passes"] and check["ood/pass@1"] == 0.06
     assert protocol.prompt_passes(300, 16, 2400) == 2.0
     assert protocol.trapezoid_mean([0, 1, 3], [0.0, 1.0, 1.0]) == pytest.approx(2.5 / 3)
     with pytest.raises(AssertionError, match="stage"):
