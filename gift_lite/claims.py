@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import pandas as pd
 
@@ -148,7 +150,9 @@ def claims_table(results: pd.DataFrame, gift_beta: float, *, k_large: int = 16) 
 # The full-fine-tuning protocol (data/mini_ft/PROTOCOL.md §6): paired bootstrap intervals
 # ---------------------------------------------------------------------------------------------
 
-MARGINS = {"pass": 0.01, "auc": 0.01, "entropy": 0.01, "kl_to_base": 0.005}  # PROTOCOL.md §6
+MARGINS = {"pass": 0.01, "auc": 0.01, "entropy": 0.01, "kl_to_base": 0.005}  # data/mini_ft/PROTOCOL.md §6
+# data/mini_conf/PROTOCOL.md §6: from the paper's effect sizes after RL; claim 1 keeps the pilot's
+CONF_MARGINS = {"pass": 0.02, "auc": 0.02, "ood": 0.04, "pass_init": 0.01, "entropy": 0.01, "kl_to_base": 0.005}
 
 
 class ProtocolData:
@@ -187,38 +191,77 @@ class ProtocolData:
             lambda g: trapezoid_mean(g["step"], g["correct"] / self.curve_samples), include_groups=False)
         return per.unstack("seed").sort_index()
 
-    def final_val(self, method: str, beta: float) -> float:
+    def final_val(self, method: str, beta: float, seeds: tuple[int, ...] | None = None) -> float:
+        """Mean validation pass@1 at the curve's last step, over ``seeds`` (None: all)."""
         v = self.val_counts
         rows = v[(v["method"] == method) & (v["beta"] == beta)]
+        if seeds is not None:
+            rows = rows[rows["seed"].isin(seeds)]
         return float(rows[rows["step"] == rows["step"].max()]["correct"].mean() / self.curve_samples)
 
 
-def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, k_large: int = 16,
-                     n_boot: int | None = None) -> tuple[pd.DataFrame, float]:
-    """Every comparison of the four claims with its interval and verdict, and the claim-4 peak β̂.
+@dataclass(frozen=True)
+class Rule:
+    """How a protocol judges a comparison: its margins (``pass`` for ID pass@1 after RL, ``auc``,
+    ``entropy``, ``kl_to_base``; ``ood`` and ``pass_init`` default to ``pass``), its interval for
+    per-problem tables (``paired(a, b, what=, sign=, margin=)``) and for per-seed scalars
+    (``scalar``), and the seeds the claim-4 peak is chosen over (None: all)."""
+
+    margins: dict
+    paired: Callable
+    scalar: Callable
+    peak_seeds: tuple[int, ...] | None = None
+
+    def margin(self, name: str) -> float:
+        return self.margins.get(name, self.margins["pass"])
+
+
+def pilot_rule(n_boot: int | None = None) -> Rule:
+    """data/mini_ft/PROTOCOL.md §6: the two-way bootstrap, margins of one point."""
+    from gift_lite.stats import N_BOOT, paired_difference, scalar_difference
+
+    n_boot = n_boot or N_BOOT
+    return Rule(MARGINS, partial(paired_difference, n_boot=n_boot), partial(scalar_difference, n_boot=n_boot))
+
+
+def confirmatory_rule() -> Rule:
+    """data/mini_conf/PROTOCOL.md §6: the random-effects interval, Welch for scalars, the paper's
+    effect sizes as margins, β̂ over seeds 0-2 only."""
+    from gift_lite.stats import random_effects_difference, welch_difference
+
+    return Rule(CONF_MARGINS, random_effects_difference, welch_difference, peak_seeds=(0, 1, 2))
+
+
+def peak_beta(data: ProtocolData, betas: tuple[float, ...], seeds: tuple[int, ...] | None = None) -> float:
+    """The finite β with the highest mean validation pass@1 at the last step over ``seeds`` (None: all)."""
+    return max((b for b in betas if b != INF), key=lambda b: data.final_val("gift", b, seeds))
+
+
+def judge_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, rule: Rule,
+                 k_large: int = 16) -> tuple[pd.DataFrame, float]:
+    """Every comparison of the four claims with its interval and verdict under ``rule``, and the
+    claim-4 peak β̂.
 
     Rows: claim, part, comparison, a, b, diff, low, high, detectable, part_verdict, verdict.
     """
-    from gift_lite.stats import N_BOOT, combine, paired_difference
+    from gift_lite.stats import combine
 
-    boot = {"n_boot": n_boot or N_BOOT}
     sft, gift = ("sft", INF), ("gift", beta_star)
 
-    def paired(a, b, stage, split, k=1, sign=1, what=""):
-        return paired_difference(data.scores(*a, stage, split, k), data.scores(*b, stage, split, k), what=what,
-                                 sign=sign, margin=MARGINS["pass"], **boot)
+    def paired(a, b, stage, split, k=1, sign=1, what="", margin="pass"):
+        return rule.paired(data.scores(*a, stage, split, k), data.scores(*b, stage, split, k), what=what,
+                           sign=sign, margin=rule.margin(margin))
 
-    peak = max((b for b in betas if b != INF), key=lambda b: data.final_val("gift", b))
+    peak = peak_beta(data, betas, rule.peak_seeds)
     parts = {
-        1: claim1_parts(data, beta_star, k_large=k_large, n_boot=boot["n_boot"]),
+        1: claim1_parts(data, beta_star, k_large=k_large, rule=rule),
         2: [paired(gift, sft, "rl", "id", what="id/pass@1 (rl)"),
-            paired_difference(data.auc(*gift), data.auc(*sft), what="validation AUC (rl)", sign=1,
-                              margin=MARGINS["auc"], **boot)],
-        3: [paired(gift, sft, "rl", "ood", what="ood/pass@1 (rl)")],
+            rule.paired(data.auc(*gift), data.auc(*sft), what="validation AUC (rl)", sign=1, margin=rule.margin("auc"))],
+        3: [paired(gift, sft, "rl", "ood", what="ood/pass@1 (rl)", margin="ood")],
         4: [paired(("gift", peak), ("rl_only", INF), "rl", "id", what=f"peak beta={peak:g} vs RL only (rl)"),
             paired(("gift", peak), sft, "rl", "id", what=f"peak beta={peak:g} vs SFT (rl)")],
     }
-    before = paired(gift, sft, "init", "id", what="id/pass@1 (init), reported only")
+    before = paired(gift, sft, "init", "id", what="id/pass@1 (init), reported only", margin="pass_init")
     rows = []
     for claim, comparisons in parts.items():
         verdict = combine(comparisons, "primary" if claim == 2 else "all")
@@ -229,20 +272,24 @@ def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, .
     return pd.DataFrame(rows), peak
 
 
-def claim1_parts(data: ProtocolData, beta: float, *, k_large: int, n_boot: int | None = None) -> list:
-    """Claim 1's three comparisons before RL, GIFT at ``beta`` against SFT: entropy higher, ID
-    pass@``k_large`` higher, KL to the base lower (PROTOCOL.md §6)."""
-    from gift_lite.stats import N_BOOT, paired_difference, scalar_difference
+def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, k_large: int = 16,
+                     n_boot: int | None = None) -> tuple[pd.DataFrame, float]:
+    """The pilot's claims (``judge_claims`` under ``pilot_rule``)."""
+    return judge_claims(data, beta_star, betas, rule=pilot_rule(n_boot), k_large=k_large)
 
-    boot = {"n_boot": n_boot or N_BOOT}
+
+def claim1_parts(data: ProtocolData, beta: float, *, k_large: int, rule: Rule | None = None) -> list:
+    """Claim 1's three comparisons before RL, GIFT at ``beta`` against SFT: entropy higher, ID
+    pass@``k_large`` higher, KL to the base lower (PROTOCOL.md §6). ``rule``: default the pilot's."""
+    rule = rule or pilot_rule()
     sft, gift = ("sft", INF), ("gift", beta)
 
     def scalar(metric, sign):
-        return scalar_difference(data.seed_values(*gift, "init", metric), data.seed_values(*sft, "init", metric),
-                                 what=f"{metric} (init)", sign=sign, margin=MARGINS[metric], **boot)
+        return rule.scalar(data.seed_values(*gift, "init", metric), data.seed_values(*sft, "init", metric),
+                           what=f"{metric} (init)", sign=sign, margin=rule.margin(metric))
 
-    pass_k = paired_difference(data.scores(*gift, "init", "id", k_large), data.scores(*sft, "init", "id", k_large),
-                               what=f"id/pass@{k_large} (init)", sign=1, margin=MARGINS["pass"], **boot)
+    pass_k = rule.paired(data.scores(*gift, "init", "id", k_large), data.scores(*sft, "init", "id", k_large),
+                         what=f"id/pass@{k_large} (init)", sign=1, margin=rule.margin("pass_init"))
     return [scalar("entropy", 1), pass_k, scalar("kl_to_base", -1)]
 
 
@@ -254,7 +301,7 @@ def claim1_table(data: ProtocolData, betas: tuple[float, ...], beta_star: float,
 
     rows = []
     for beta in betas:
-        parts = claim1_parts(data, beta, k_large=k_large, n_boot=n_boot)
+        parts = claim1_parts(data, beta, k_large=k_large, rule=pilot_rule(n_boot))
         decisive = beta == beta_star
         for i, d in enumerate(parts):
             rows.append({"claim": 1, "beta": beta, "part": i + 1, "comparison": d.what, "a": d.a, "b": d.b,

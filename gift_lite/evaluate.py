@@ -134,9 +134,11 @@ def generate_sharing_prompts(model, input_ids, attention_mask, generate=None, **
     and ``generate`` decodes from there. With P prompts of S samples the prompt's matrix products
     shrink S-fold. Positions follow the padding as ``generate`` computes them, so only float
     rounding (another batch shape) separates the logits from a plain call. ``generate``: the
-    plain generate to call (default ``model.generate``); other keywords go to it.
+    plain generate to call (default: the class's ``generate``, so that a call made inside
+    ``prompts_shared_in_generate``, as an evaluation during a GRPO run is, does not share twice);
+    other keywords go to it.
     """
-    generate = generate or model.generate
+    generate = generate or type(model).generate.__get__(model)
     repeat = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
     repeat[1:] = (input_ids[1:] == input_ids[:-1]).all(1) & (attention_mask[1:] == attention_mask[:-1]).all(1)
     if not repeat.any() or input_ids.shape[1] < 2:

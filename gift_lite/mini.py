@@ -29,6 +29,7 @@ from gift_lite.results import atomic_write, check_writable, long_rows, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
+from gift_lite.unified import UNIFIED, grpo_parts
 from gift_lite.units import (adapter_dir, check_unit_settings, one_thread, problem_counts, recorded_settings_match,
                              run_pool, unit_key, unit_path, with_added_fields)
 from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
@@ -386,8 +387,8 @@ def _base_state(model) -> dict[str, torch.Tensor]:
 def rl_start(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str, beta: float,
              seed: int):
     """The trainable policy GRPO starts from, and its tokenizer: the initialiser, or for ``rl_only``
-    the base (with fresh LoRA adapters under LoRA)."""
-    if method != "rl_only":
+    and the unified methods (LUFFY, ReLIFT) the base (with fresh LoRA adapters under LoRA)."""
+    if method not in ("rl_only",) + UNIFIED:
         start = ensure_initialiser(world, settings, base_dir, data_dir, method, beta, seed)
         return load_policy(base_dir, start, trainable=True)
     policy, tokenizer = load_policy(base_dir, trainable=settings.full_finetune)
@@ -397,18 +398,30 @@ def rl_start(world: World, settings: MiniSettings, base_dir: Path, data_dir: Pat
     return policy, tokenizer
 
 
-def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int, rl: GRPOSettings | None = None):
-    """GRPO on ``world.rl``; returns the reward curve, the validation curve and its per-problem
-    counts (both empty when ``settings.eval.curve_every`` is 0)."""
+def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int, rl: GRPOSettings | None = None,
+             method: str = "grpo"):
+    """GRPO on ``world.rl`` (``method`` ``luffy`` or ``relift``: that unified method, with the
+    expert solution of every RL prompt); returns the reward curve, the validation curve and its
+    per-problem counts (both empty when ``settings.eval.curve_every`` is 0). A ReLIFT run's curve
+    has a column ``sft_step``: whether an SFT step followed that RL step."""
     rl = rl or settings.rl
     callbacks = [ValidationCurve(world, tokenizer, settings.eval, seed)] if settings.eval.curve_every else []
+    parts = {"reward_func": countdown_reward_func}
+    if method in UNIFIED:
+        expert_of = {p.prompt: expert_solution(p) for p in world.rl}
+        parts = grpo_parts(method, expert_of, tokenizer, countdown_reward_func,
+                           buffer_size=rl.per_device_train_batch_size // rl.num_generations)
+    extra = parts.pop("callbacks", [])
     with tempfile.TemporaryDirectory() as scratch:
         config = grpo_config(rl, scratch, seed=seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
-        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), countdown_reward_func, config,
-                           callbacks=callbacks, share_prompts=rl.share_prompts)
+        trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), config=config, callbacks=callbacks + extra,
+                           share_prompts=rl.share_prompts, **parts)
     validation = pd.DataFrame(callbacks[0].rows if callbacks else [], columns=["step", "val_pass@1"])
     counts = pd.DataFrame(callbacks[0].counts if callbacks else [], columns=["step", "problem_id", "correct"])
-    return reward_curve(trainer), validation, counts
+    curve = reward_curve(trainer)
+    if method == "relift":
+        curve["sft_step"] = curve["step"].isin(extra[0].sft_at)
+    return curve, validation, counts
 
 
 def _label(frame: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
@@ -430,7 +443,7 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
         return pd.read_csv(path, keep_default_na=False)
     policy, tokenizer = rl_start(world, settings, base_dir, data_dir, method, beta, seed)
     start_state = {k: v.clone() for k, v in merged_state_dict(policy).items()}
-    curve, validation, val_counts = train_rl(world, settings, policy, tokenizer, seed)
+    curve, validation, val_counts = train_rl(world, settings, policy, tokenizer, seed, method=method)
     if not settings.full_finetune:  # full-model RL weights are not needed by any notebook
         save_policy(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
@@ -440,6 +453,8 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
     rows += _geometry_rows(start_state, policy, "geometry/init_to_rl")
     rows.append({"split": "", "metric": "rl/frac_reward_zero_std", "value": float(curve["frac_reward_zero_std"].mean())})
     rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
+    if "sft_step" in curve:
+        rows.append({"split": "", "metric": "rl/sft_steps", "value": float(curve["sft_step"].sum())})
     if len(validation):
         write_csv(unit_path(data_dir, "rl_val", key), _label(validation, method, beta, seed))
         write_csv(unit_path(data_dir, "rl_val_problems", key), _label(val_counts, method, beta, seed))

@@ -134,6 +134,34 @@ def run_rl_selection(settings, selection, base_dir, data_dir, learning_rates, *,
     return pd.concat([rl_selection_unit(*job) for job in jobs], ignore_index=True)
 
 
+def select_sft(settings, selection, base_dir, data_dir, *, progress=True) -> tuple[pd.DataFrame, float, int, tuple]:
+    """PROTOCOL.md §3: plain SFT over the grid, extended once past an end if chosen there.
+    Returns the held-out loss table, the chosen learning rate and epochs, and the grid run."""
+    grid = tuple(selection.sft_learning_rates)
+    table = run_sft_selection(settings, selection, base_dir, data_dir, grid, progress=progress)
+    lr, epochs = pick_sft(table)
+    beyond = extension(grid, lr)
+    if beyond is not None:
+        grid = tuple(sorted(grid + (beyond,)))
+        table = run_sft_selection(settings, selection, base_dir, data_dir, grid, progress=progress)
+        lr, epochs = pick_sft(table)
+    return table, lr, epochs, grid
+
+
+def select_rl(settings, selection, base_dir, data_dir, *, progress=True) -> tuple[pd.DataFrame, float, tuple]:
+    """PROTOCOL.md §4: RL only over the learning-rate grid, extended once past an end if chosen
+    there. Returns the validation table, the chosen learning rate and the grid run."""
+    grid = tuple(selection.rl_learning_rates)
+    table = run_rl_selection(settings, selection, base_dir, data_dir, grid, progress=progress)
+    lr = pick_rl_lr(table, selection.rl_last_evals)
+    beyond = extension(grid, lr)
+    if beyond is not None:
+        grid = tuple(sorted(grid + (beyond,)))
+        table = run_rl_selection(settings, selection, base_dir, data_dir, grid, progress=progress)
+        lr = pick_rl_lr(table, selection.rl_last_evals)
+    return table, lr, grid
+
+
 # -- rules --------------------------------------------------------------------------------------
 def ladder_step(learning_rate: float, direction: int) -> float:
     """The next value of the 1-3-10 ladder above (``direction`` +1) or below (-1) ``learning_rate``,

@@ -60,7 +60,8 @@ def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOCon
 
 def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
              resume_from_checkpoint: str | None = None, callbacks: list | None = None,
-             share_prompts: bool = False) -> GRPOTrainer:
+             share_prompts: bool = False, trainer_class: type = GRPOTrainer,
+             rollout_func: Callable | None = None) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
@@ -69,12 +70,14 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
     ``share_prompts``: rollouts run each prompt through the policy once for its whole group
     (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work.
     QLoRA adapters keep their fp32 values (``models.fp32_adapters_kept``), as in ``GIFTTrainer``.
+    ``trainer_class`` and ``rollout_func``: a ``GRPOTrainer`` subclass and TRL's rollout hook
+    (``unified.grpo_parts``: LUFFY and ReLIFT).
     """
     if trainable_parameters(model) == 0:
         raise ValueError("model has no trainable parameters; load adapters with is_trainable=True")
     with fp32_adapters_kept(model):  # TRL would cast QLoRA adapters to bf16
-        trainer = GRPOTrainer(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
-                              processing_class=tokenizer, callbacks=callbacks)
+        trainer = trainer_class(model=model, reward_funcs=reward_func, args=config, train_dataset=prompts,
+                                processing_class=tokenizer, callbacks=callbacks, rollout_func=rollout_func)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
     with prompts_shared_in_generate(model) if share_prompts else nullcontext():

@@ -118,3 +118,23 @@ def test_committed_power_table_is_what_the_pilot_gives_and_chooses_ten_seeds():
     equal = committed[(committed["seeds_a"] == committed["seeds_b"]) & (committed["problems"] == 1000)]
     enough = equal[equal["detectable"] <= 0.020].groupby("comparison")["seeds_b"].min()
     assert enough.max() == 10 == len(MINI_CONF.seeds + MINI_CONF.decisive_seeds)  # PROTOCOL.md §6's rule
+
+
+# -- LUFFY and ReLIFT as units, at smoke scale ------------------------------------------------------
+def test_unified_units_run_from_the_base_and_record_relift_sft_steps(tmp_path):
+    from gift_lite import mini, units
+    from gift_lite.presets import PRESETS
+
+    settings = dataclasses.replace(PRESETS["smoke"].mini_conf, workers=1)
+    world = build_world(settings.world)
+    assert len(world.pretrain) == len(build_world(PRESETS["smoke"].mini_ft.world).pretrain) + 16
+    mini.ensure_base(world, settings, tmp_path / "base")
+    for method in ("luffy", "relift"):
+        mini.run_rl_unit(world, settings, tmp_path / "base", tmp_path, method, math.inf, 0)
+    results, curves = units.collect(tmp_path)
+    assert set(results["method"]) == {"luffy", "relift"}
+    relift = results[(results["method"] == "relift") & (results["metric"] == "rl/sft_steps")]["value"]
+    assert len(relift) == 1 and relift.iloc[0] == curves.loc[curves["method"] == "relift", "sft_step"].sum()
+    luffy = curves[curves["method"] == "luffy"]
+    assert (luffy["reward"] >= 1 / settings.rl.num_generations).all()  # every group holds the correct expert
+    assert not (tmp_path / "weights" / "init").exists()  # no initialiser: they start from the base
