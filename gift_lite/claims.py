@@ -216,12 +216,13 @@ class Rule:
         return self.margins.get(name, self.margins["pass"])
 
 
-def pilot_rule(n_boot: int | None = None) -> Rule:
-    """data/mini_ft/PROTOCOL.md §6: the two-way bootstrap, margins of one point."""
+def pilot_rule(n_boot: int | None = None, seed: int = 0) -> Rule:
+    """data/mini_ft/PROTOCOL.md §6: the two-way bootstrap (bootstrap seed ``seed``; the protocol's
+    is 0), margins of one point."""
     from gift_lite.stats import N_BOOT, paired_difference, scalar_difference
 
-    n_boot = n_boot or N_BOOT
-    return Rule(MARGINS, partial(paired_difference, n_boot=n_boot), partial(scalar_difference, n_boot=n_boot))
+    boot = {"n_boot": n_boot or N_BOOT, "seed": seed}
+    return Rule(MARGINS, partial(paired_difference, **boot), partial(scalar_difference, **boot))
 
 
 def confirmatory_rule() -> Rule:
@@ -230,6 +231,51 @@ def confirmatory_rule() -> Rule:
     from gift_lite.stats import random_effects_difference, welch_difference
 
     return Rule(CONF_MARGINS, random_effects_difference, welch_difference, peak_seeds=(0, 1, 2))
+
+
+def peak_table(data: ProtocolData, betas: tuple[float, ...], seeds: tuple[int, ...]) -> pd.DataFrame:
+    """Validation pass@1 at the last step per finite β: over all its seeds, and over ``seeds``
+    only (the seeds every β shares), with how many seeds each mean has."""
+    v = data.val_counts
+    rows = []
+    for beta in (b for b in betas if b != INF):
+        have = sorted(v.loc[(v["method"] == "gift") & (v["beta"] == beta), "seed"].unique())
+        rows.append({"beta": beta, "seeds": len(have), "val_pass@1 (all seeds)": data.final_val("gift", beta),
+                     f"val_pass@1 (seeds {min(seeds)}-{max(seeds)})": data.final_val("gift", beta, seeds)})
+    return pd.DataFrame(rows)
+
+
+def verdict_stability(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, k_large: int,
+                      seeds: range, n_boot: int | None = None) -> pd.DataFrame:
+    """The pilot's claims under ``bootstrap seeds``: per judged comparison, the range of its interval's
+    ends and how many bootstrap seeds give each verdict (the protocol's seed is 0)."""
+    tables = [judge_claims(data, beta_star, betas, rule=pilot_rule(n_boot, seed), k_large=k_large)[0].assign(boot_seed=seed)
+              for seed in seeds]
+    runs = pd.concat(tables, ignore_index=True)
+    runs = runs[runs["part_verdict"] != ""]
+    out = runs.groupby(["claim", "part", "comparison"], sort=False).agg(
+        low_min=("low", "min"), low_max=("low", "max"), high_min=("high", "min"), high_max=("high", "max"))
+    counts = runs.groupby(["claim", "part", "comparison"], sort=False)["part_verdict"].agg(
+        lambda v: "; ".join(f"{name} {n}/{len(v)}" for name, n in v.value_counts().sort_index().items()))
+    claim = runs.drop_duplicates(["claim", "boot_seed"]).groupby("claim")["verdict"].agg(
+        lambda v: "; ".join(f"{name} {n}/{len(v)}" for name, n in v.value_counts().sort_index().items()))
+    out = out.assign(part_verdicts=counts).reset_index()
+    return out.assign(claim_verdicts=out["claim"].map(claim))
+
+
+def reported_against(data: ProtocolData, starts: list[tuple[str, float]], reference: tuple[str, float], *,
+                     rule: Rule, stage: str = "rl", split: str = "id") -> pd.DataFrame:
+    """Each start's pass@1 minus ``reference``'s on ``split`` at ``stage``, with ``rule``'s interval;
+    reported only (no verdict): the baselines, LUFFY and ReLIFT beside SFT."""
+    ref = data.scores(*reference, stage, split)
+    rows = []
+    for method, beta in starts:
+        d = rule.paired(data.scores(method, beta, stage, split), ref, what=f"{method} beta={beta:g}", sign=1,
+                        margin=rule.margin("pass"))
+        rows.append({"method": method, "beta": beta, "seeds": data.scores(method, beta, stage, split).shape[1],
+                     "pass@1": d.a, "reference": d.b, "diff": d.estimate, "low": d.low, "high": d.high,
+                     "detectable": d.detectable})
+    return pd.DataFrame(rows)
 
 
 def peak_beta(data: ProtocolData, betas: tuple[float, ...], seeds: tuple[int, ...] | None = None) -> float:

@@ -101,10 +101,10 @@ MINI_CONF = replace(
     decisive_seeds=tuple(range(3, 10)), decisive_beta=1.0,  # decisive_beta: beta* (selected: not yet)
     unified=("luffy", "relift"))
 CONF_SELECTION = SelectionSettings(base_ood_pass1=0.05, base_ood_pass16=0.40)  # PROTOCOL.md §1
-SMOKE_MINI_CONF = replace(
+SMOKE_MINI_CONF = replace(  # two seeds everywhere: the random-effects interval needs a seed spread
     SMOKE_MINI_FT, world=replace(SMOKE_MINI_FT.world, ood_pretrain=16),
     eval=replace(SMOKE_MINI_FT.eval, share_prompts=True), rl=replace(SMOKE_MINI_FT.rl, share_prompts=True),
-    unified=("luffy", "relift"))
+    seeds=(0, 1), decisive_seeds=(), unified=("luffy", "relift"))
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(name="smoke", scratch=True, mini=SMOKE_MINI, mini_ft=SMOKE_MINI_FT, selection=SMOKE_SELECTION,

@@ -120,21 +120,47 @@ def test_committed_power_table_is_what_the_pilot_gives_and_chooses_ten_seeds():
     assert enough.max() == 10 == len(MINI_CONF.seeds + MINI_CONF.decisive_seeds)  # PROTOCOL.md §6's rule
 
 
-# -- LUFFY and ReLIFT as units, at smoke scale ------------------------------------------------------
-def test_unified_units_run_from_the_base_and_record_relift_sft_steps(tmp_path):
-    from gift_lite import mini, units
+# -- the protocol's units and claims, at smoke scale --------------------------------------------------
+def test_units_and_claims_at_smoke_scale(tmp_path):
+    from gift_lite import claims, mini, units
     from gift_lite.presets import PRESETS
 
     settings = dataclasses.replace(PRESETS["smoke"].mini_conf, workers=1)
     world = build_world(settings.world)
     assert len(world.pretrain) == len(build_world(PRESETS["smoke"].mini_ft.world).pretrain) + 16
     mini.ensure_base(world, settings, tmp_path / "base")
-    for method in ("luffy", "relift"):
-        mini.run_rl_unit(world, settings, tmp_path / "base", tmp_path, method, math.inf, 0)
+    mini.run_base_unit(world, settings, tmp_path / "base", tmp_path)
+    for stage in ("init", "rl"):
+        mini.run_units(stage, settings, tmp_path / "base", tmp_path, progress=False)
+    assert not (tmp_path / "weights" / "init" / "luffy_betainf_seed0").exists()  # LUFFY starts from the base
     results, curves = units.collect(tmp_path)
-    assert set(results["method"]) == {"luffy", "relift"}
-    relift = results[(results["method"] == "relift") & (results["metric"] == "rl/sft_steps")]["value"]
-    assert len(relift) == 1 and relift.iloc[0] == curves.loc[curves["method"] == "relift", "sft_step"].sum()
+    relift = results[(results["method"] == "relift") & (results["metric"] == "rl/sft_steps")]
+    assert len(relift) == 2 and relift["value"].sum() == curves.loc[curves["method"] == "relift", "sft_step"].sum()
     luffy = curves[curves["method"] == "luffy"]
     assert (luffy["reward"] >= 1 / settings.rl.num_generations).all()  # every group holds the correct expert
-    assert not (tmp_path / "weights" / "init").exists()  # no initialiser: they start from the base
+    counts, val_counts = units.collect_counts(tmp_path)
+    data = claims.ProtocolData(results, counts, val_counts, num_samples=settings.eval.num_samples,
+                               curve_samples=settings.eval.curve_samples)
+    rule = claims.confirmatory_rule()
+    table, peak = claims.judge_claims(data, 1.0, settings.betas, rule=rule, k_large=max(settings.eval.ks))
+    assert peak == 1.0 and list(table["claim"].unique()) == [1, 2, 3, 4]
+    assert table.loc[table["claim"] == 3, "comparison"].item() == "ood/pass@1 (rl)"
+    assert set(table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    assert (table["low"] <= table["diff"] + 1e-9).all() and (table["diff"] <= table["high"] + 1e-9).all()
+    starts = [(m, b) for m, b in settings.rl_runs() if m != "sft"]
+    reported = claims.reported_against(data, starts, ("sft", math.inf), rule=rule)
+    assert list(reported["method"]) == [m for m, _ in starts] and (reported["seeds"] == 2).all()
+
+
+def test_peak_beta_is_chosen_over_the_seeds_every_beta_shares():
+    from gift_lite import claims
+
+    rows = []  # beta 1 has a lucky extra seed that lifts its all-seed mean above beta 4's
+    for beta, seeds in ((1.0, {0: 2, 1: 2, 2: 2, 3: 8}), (4.0, {0: 3, 1: 3, 2: 3})):
+        for seed, correct in seeds.items():
+            rows += [{"method": "gift", "beta": beta, "seed": seed, "step": 10, "problem_id": "p", "correct": correct}]
+    data = claims.ProtocolData(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(rows), num_samples=8, curve_samples=8)
+    assert claims.peak_beta(data, (1.0, 4.0, math.inf)) == 1.0
+    assert claims.peak_beta(data, (1.0, 4.0, math.inf), (0, 1, 2)) == 4.0
+    table = claims.peak_table(data, (1.0, 4.0, math.inf), (0, 1, 2))
+    assert list(table["seeds"]) == [4, 3] and table["val_pass@1 (seeds 0-2)"].tolist() == [0.25, 0.375]

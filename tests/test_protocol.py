@@ -196,6 +196,14 @@ def test_full_finetuning_units_end_to_end(ft_base, tmp_path):
     summary = claims.verdict_summary(table)
     assert list(summary.index) == [1, 2, 3, 4] and (summary["verdict"] == table.groupby("claim")["verdict"].first()).all()
     assert "reported only" not in summary.loc[2, "evidence"] and summary["evidence"].str.contains(r"\[").all()
+    stability = claims.verdict_stability(data, 1.0, settings.betas, k_large=max(settings.eval.ks), seeds=range(3),
+                                         n_boot=200)
+    judged = table[table["part_verdict"] != ""]
+    assert list(stability["comparison"]) == list(judged["comparison"])
+    assert (stability["low_min"] <= stability["low_max"]).all()
+    assert stability["part_verdicts"].str.contains("/3").all()
+    # bootstrap seed 0 is the protocol's table
+    assert (stability["low_min"] <= judged["low"].to_numpy()).all() and (judged["low"].to_numpy() <= stability["low_max"]).all()
 
 
 def test_full_finetuning_grpo_is_deterministic(ft_base):
