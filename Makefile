@@ -36,7 +36,7 @@ reproduce: $(STAMP)
 	$(PY) -m gift_lite reproduce --preset $(PRESET)
 
 # The real model's run on the CPU (data/real_smollm2-135m-instruct/PROTOCOL.md): every unit not yet
-# computed, one after another (hours on 2 cores); notebook 04 under mini shows the same units.
+# computed, one after another (hours on 2 cores); notebook 06 under mini shows the same units.
 real: $(STAMP)
 	$(PY) -m gift_lite.real run --preset mini
 

@@ -61,7 +61,7 @@ class MiniSettings:
     init: InitSettings = InitSettings()
     eval: EvalSettings = EvalSettings()
     rl: GRPOSettings = GRPOSettings()
-    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 20.0, INF)  # GIFT's β grid (notebook 07 shows why)
+    betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 20.0, INF)  # GIFT's β grid (notebook 09 shows why)
     baselines: tuple[str, ...] = ("sft_entropy", "dft", "asft", "psft")
     rl_methods: tuple[str, ...] = ("sft", "gift", "sft_entropy", "dft", "asft", "psft", "rl_only")
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -118,7 +118,7 @@ def describe(settings: MiniSettings, *, preset: str) -> str:
 def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> int:
     """Copy ``src_dir``'s base and initialiser units, with their adapters, into ``dst_dir``.
 
-    For a run that changes only the RL stage (notebook 10): its initialisers would be the same,
+    For a run that changes only the RL stage (notebook 12): its initialisers would be the same,
     so they are reused, not retrained. Refuses a ``src_dir`` whose settings differ from
     ``settings`` in anything but ``rl``. Each file and adapter folder is copied under a temporary
     name and renamed, adapters before the unit files that mark them done; what ``dst_dir``
@@ -126,7 +126,7 @@ def reuse_initialisers(src_dir: Path, dst_dir: Path, settings: MiniSettings) -> 
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not (src_dir / "units" / "settings.json").exists():
-        raise ValueError(f"src_dir={str(src_dir)!r} holds no initialiser units yet: run notebooks 06-08 first")
+        raise ValueError(f"src_dir={str(src_dir)!r} holds no initialiser units yet: run notebooks 08-10 first")
     if not recorded_settings_match(src_dir, settings, ignore=("workers", "rl")):
         raise ValueError(f"src_dir={str(src_dir)!r} holds units made with settings that differ in more than rl")
     for src in sorted(p for p in (src_dir / "adapters" / "init").glob("*") if p.is_dir()):

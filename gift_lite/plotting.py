@@ -33,6 +33,9 @@ METHOD_COLORS: dict[str, str] = {
     "base": "#8C8C8C",         # grey
     "rl_only": "#000000",      # black
 }
+# The unified SFT+RL methods (data/mini_conf): kept out of the colour cycle above, so figures
+# drawn before they existed keep their bytes.
+UNIFIED_COLORS: dict[str, str] = {"luffy": "#7B3294", "relift": "#A6611A"}  # dark purple, brown
 # Reference curves that are not methods (a theoretical optimum, a target): drawn dotted.
 REFERENCE_COLOR = "#444444"
 
@@ -80,10 +83,11 @@ def style():
 
 def method_color(method: str) -> str:
     """The project colour of ``method``; raises ``KeyError`` naming the known methods."""
+    colors = {**METHOD_COLORS, **UNIFIED_COLORS}
     try:
-        return METHOD_COLORS[method]
+        return colors[method]
     except KeyError:
-        raise KeyError(f"method={method!r} has no colour; known: {sorted(METHOD_COLORS)}") from None
+        raise KeyError(f"method={method!r} has no colour; known: {sorted(colors)}") from None
 
 
 def beta_color(beta: float, beta_max: float = 30.0):
@@ -300,7 +304,7 @@ def plot_beta_explorer(p_base, target, gold: int, path_labels, start, after_rl, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Miniature figures (notebooks 07-09); each takes data/mini/results.csv or curves.csv
+# Miniature figures (notebooks 09-11); each takes data/mini/results.csv or curves.csv
 # ---------------------------------------------------------------------------------------------
 
 
@@ -378,7 +382,7 @@ def _figure(ax):
 
 
 # ---------------------------------------------------------------------------------------------
-# Paper-layout figures (notebook 05); each takes tables read from data/
+# Paper-layout figures (notebook 07); each takes tables read from data/
 # ---------------------------------------------------------------------------------------------
 
 
@@ -467,7 +471,7 @@ def plot_validation_curves(curves, *, highlight=(), ax=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# The real model (notebook 04)
+# The real model (notebook 06)
 # ---------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ DEFAULT = "mini"
 class Preset:
     name: str
     scratch: bool  # True: write under scratch/, never over committed results (STYLE.md)
-    mini: MiniSettings  # the miniature's protocol at this scale (notebooks 06-09)
+    mini: MiniSettings  # the miniature's protocol at this scale (notebooks 08-11)
     mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 02-03)
     selection: SelectionSettings  # its selection grids (data/mini_ft/PROTOCOL.md §3-4)
     mini_conf: MiniSettings  # the confirmatory protocol at this scale (data/mini_conf/PROTOCOL.md)

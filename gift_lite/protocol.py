@@ -295,4 +295,4 @@ def power_analysis(pilot_dir: Path, seeds: tuple[int, ...], problems: tuple[int,
                     rows.append({"comparison": name, "seeds_a": n_a, "seeds_b": n, "problems": p,
                                  "se": se, "detectable": DETECTABLE * se,
                                  **{f"pilot_{k}": v for k, v in c.items()}})
-    return pd.DataFrame(rows).drop_duplicates(["comparison", "seeds_a", "seeds_b", "problems"])
+    return pd.DataFrame(rows).drop_duplicates(["comparison", "seeds_a", "seeds_b", "problems"]).reset_index(drop=True)

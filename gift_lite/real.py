@@ -155,7 +155,7 @@ GPU_REAL = RealSettings()
 # below and says why): SmolLM2-135M-Instruct from its PyPI package, GSM-Symbolic rows generated
 # once by gift_lite.gsm_symbolic. Sized so that a fresh recompute fits in about 3 hours.
 GSM = "data/gsm_symbolic"
-CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 04 checks)
+CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 06 checks)
 CPU_REAL = RealSettings(
     model=smollm2.FOLDER, four_bit=False,  # fp32 LoRA: NF4 on top of Q4_1 weights cost 0.15 nats/token (PROTOCOL.md)
     sft_data=f"{GSM}/sft.jsonl", n_sft=128, rl_data=f"{GSM}/rl.jsonl", n_rl=64,
@@ -177,7 +177,7 @@ CPU_REAL = RealSettings(
 REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL}
 
 
-# Notebook 04's parameters, the names ``configure`` takes (None: keep the preset's value).
+# Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
 PARAMETERS = {
     "model": Param(str, optional=True), "four_bit": Param(bool, optional=True), "sft_data": Param(str, optional=True),
     "n_sft": Param(int, ge=1, optional=True), "rl_data": Param(str, optional=True),

@@ -1,4 +1,4 @@
-"""What notebook 04 shows of a real-model run: seed-mean tables, the run's sources, takeaways.
+"""What notebook 06 shows of a real-model run: seed-mean tables, the run's sources, takeaways.
 
 Everything here reads the run's long results table (``units.collect`` of its units) and the
 claim-1 table (``claims.claim1_table``); nothing trains or loads a model.

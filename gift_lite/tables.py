@@ -1,5 +1,5 @@
 """Tables from the long-format results (``results.RESULT_COLUMNS``): mean ± std over seeds, and
-the paper's table layouts with its reported numbers beside ours (notebook 05), rendered as a
+the paper's table layouts with its reported numbers beside ours (notebook 07), rendered as a
 pandas frame, Markdown and LaTeX (``booktabs``).
 
 Reads data only; never imports training code.
@@ -47,7 +47,7 @@ def summary(results: pd.DataFrame, *, stage: str, columns: list[tuple[str, str]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Paper-layout tables (notebook 05): the paper's reported cells beside our measured cells
+# Paper-layout tables (notebook 07): the paper's reported cells beside our measured cells
 # ---------------------------------------------------------------------------------------------
 #
 # A table is built as a long frame of *cells* (one row per filled cell, ``CELL_COLUMNS``) and then
@@ -481,8 +481,8 @@ def read_reported(path) -> pd.DataFrame:
 
 
 def find_runs(data_root, pattern: str = "real_*") -> dict[str, Path]:
-    """Folders ``<data_root>/<pattern>/`` holding a ``results.csv``, by name, sorted: notebook 04's
-    real-model runs (``real_<model>``), or notebook 10's longer RL budgets (``mini_rl<steps>``)."""
+    """Folders ``<data_root>/<pattern>/`` holding a ``results.csv``, by name, sorted: notebook 06's
+    real-model runs (``real_<model>``), or notebook 12's longer RL budgets (``mini_rl<steps>``)."""
     found = sorted(p.parent for p in Path(data_root).glob(f"{pattern}/results.csv"))
     return {p.name: p for p in found}
 

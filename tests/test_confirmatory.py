@@ -114,7 +114,7 @@ def test_projection_at_the_pilot_size_is_the_interval_obtained():
 def test_committed_power_table_is_what_the_pilot_gives_and_chooses_ten_seeds():
     committed = pd.read_csv(repo_root() / "data/mini_conf/power.csv")
     fresh = protocol.power_analysis(repo_root() / "data/mini_ft", (3, 5, 8, 10, 12, 15, 20), (200, 500, 1000))
-    pd.testing.assert_frame_equal(fresh.reset_index(drop=True), committed, check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(fresh, committed, check_exact=False, rtol=1e-9)
     equal = committed[(committed["seeds_a"] == committed["seeds_b"]) & (committed["problems"] == 1000)]
     enough = equal[equal["detectable"] <= 0.020].groupby("comparison")["seeds_b"].min()
     assert enough.max() == 10 == len(MINI_CONF.seeds + MINI_CONF.decisive_seeds)  # PROTOCOL.md §6's rule

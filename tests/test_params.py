@@ -74,10 +74,10 @@ def test_configure_takes_every_documented_parameter():
 # that builds the config, before any work; a kernel start and the imports take a few seconds.
 BAD = {
     "01_zero_vs_finite_temperature": ({"p_gold": 5}, "p_gold=5 must be a float > 0 and < 1"),
-    "06_lora_world": ({"force_pretrain": "yes"}, "force_pretrain='yes' must be True or False"),
-    "07_lora_initialisers": ({"preset": "tiny"}, "preset='tiny' is not one of ['gpu', 'mini', 'smoke']"),
-    "04_real_model": ({"n_sft": 0.5}, "n_sft=0.5 must be an int >= 1, or None"),
-    "05_paper_tables": ({"include_stand_in": 1}, "include_stand_in=1 must be True or False, or None"),
+    "08_lora_world": ({"force_pretrain": "yes"}, "force_pretrain='yes' must be True or False"),
+    "09_lora_initialisers": ({"preset": "tiny"}, "preset='tiny' is not one of ['gpu', 'mini', 'smoke']"),
+    "06_real_model": ({"n_sft": 0.5}, "n_sft=0.5 must be an int >= 1, or None"),
+    "07_paper_tables": ({"include_stand_in": 1}, "include_stand_in=1 must be True or False, or None"),
 }
 
 

@@ -1,7 +1,7 @@
 """Real-model units (CPU stand-in): resuming from the last Trainer checkpoint after a SIGKILL,
 and one run folder never mixing units of different settings.
 
-A unit of notebook 04 (the initialiser, GRPO) can run for hours on a GPU, so it checkpoints every
+A unit of notebook 06 (the initialiser, GRPO) can run for hours on a GPU, so it checkpoints every
 ``save_steps`` optimizer steps; a rerun resumes there and must end with the numbers of a run that
 was never interrupted.
 """

@@ -23,17 +23,19 @@ ROOT = repo_root()
 COPIED = ("pyproject.toml", "gift_lite", "notebooks", "data", "figures")
 SANITIZE = "notebooks/nbval_sanitize.cfg"
 TIMEOUT_S = 1200  # a generous bound for a loaded 2-core machine; a replay takes 1-5 minutes
-# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (03, 09, 10).
+# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (03, 11, 12).
 REGENERATED = (
     "data/theory/theory_beta_sweep.csv", "data/theory/theory_pg_dynamics.csv", "data/theory/theory_tree_beta.csv",
     "data/theory/theory_tree_paths.csv", "data/theory/theory_tree_summary.csv",
     "data/mini/claims.csv", "data/mini/beta_curve.csv", "data/mini_rl200/claims.csv", "data/mini_ft/claims.csv",
+    "data/mini_ft/claims_rechecked.csv", "data/mini_ft/claims_stability.csv",
 )
 
 
 # Notebooks whose `mini` run is still being computed, unit by unit, across sessions: committed
 # without outputs, so a replay would train for hours; they are left out of it until the run is done.
-IN_PROGRESS: set[str] = set()  # none now: the real-model run of notebook 04 is complete
+# Notebook 05: the confirmatory protocol's units (data/mini_conf/PROTOCOL.md §7, several hours on 2 cores).
+IN_PROGRESS: set[str] = {"notebooks/05_confirmatory_claims.ipynb"}
 
 
 def unexecuted_notebooks(root) -> list[str]:
