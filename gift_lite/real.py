@@ -53,7 +53,8 @@ from gift_lite.repro import repo_root, seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
-from gift_lite.trainer import GIFTConfig, GIFTTrainer, fsdp_sharded
+from gift_lite.heads import fsdp_sharded
+from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import adapter_dir, check_unit_settings, problem_counts, unit_key, unit_path
 from gift_lite.world import set_special_tokens
 

@@ -29,35 +29,14 @@ fused path the ``entropy`` and ``mean_token_accuracy`` metrics are averaged over
 ``metrics_max_tokens`` evenly spaced response tokens per micro-batch (one small head matmul)
 instead of all of them. On every path they are token-weighted means over all ranks.
 
-Several processes (``accelerate launch``): whether the fused path applies is checked again on
-the model as accelerate prepared it. Under FSDP2 the head is an ``FSDPLinear`` with a sharded
-``DTensor`` weight, and since the fused path never calls its ``forward``, FSDP's hooks never
-gather it: ``unsharded_head`` calls the unit's ``unshard()`` (FSDP2's own all-gather), and the
-root's post-backward callback reduce-scatters the head's gradient and reshards it. Two CPU
-processes under FSDP2 or DDP train to the same losses and weights as one process with the same
-global batch (tests/test_distributed.py).
-
-The reference cache (``GIFTConfig.reference_cache``, ``gift_lite.refcache``): the base's
-per-token outputs for the whole training set, computed at the first training step and read back
-at every later one (exact hidden states by default; top-K log-probs with
-``reference_cache_topk``: the refcache docstring weighs the two). Rows are found by the example's
-index in the prepared training set: the trainer adds a ``gift_example_index`` column to it, keeps
-it through ``remove_unused_columns`` (``_set_signature_columns_if_needed``) and through TRL's
-collator (which keeps only the keys it knows; a thin wrapper re-attaches it as a tensor), so the
-sampler may shuffle freely. Packing and padding-free batches mix examples in one row and are
-refused with the cache. Evaluation batches carry no index and use the live reference. With
-several processes the cache is built by all of them at the first step, before any forward pass
-(so under FSDP2 the fingerprint hashes the gathered full weights, the key one process computes):
-each rank computes its share of the batches, rank 0 writes.
+Several processes, and the head: ``gift_lite.heads``. The reference cache's half of the trainer:
+``gift_lite.cached_reference`` (a mixin ``GIFTTrainer`` inherits).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import time
-import types
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,28 +44,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate.utils import broadcast_object_list
-from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
 from gift_lite import refcache
+from gift_lite.cached_reference import INDEX_COLUMN, ReferenceCacheMixin
+from gift_lite.heads import HIDDEN_KWARG, add_hidden_forward, causal_lm, fused_head, unsharded_head
 from gift_lite.losses import (ANCHOR, DEFAULT_BETA, DEFAULT_CLIP_EPSILON, DEFAULT_ENTROPY_COEF,
                               DEFAULT_KL_COEF, HPARAM_CHECKS, LOSS_HPARAMS, LOSSES, fused_gift_loss)
 from gift_lite.models import cuda_bf16, fp32_adapters_kept
 
-try:  # FSDP2 (torch >= 2.6); a torch built without distributed has neither
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover
-    FSDPModule = DTensor = None
-
 FUSED_LOSSES = ("sft", "gift")  # computed from hidden states when the model allows (sft: beta = inf)
-INDEX_COLUMN = "gift_example_index"  # the prepared training row's index, for the reference cache
-HIDDEN_KWARG = "gift_hidden_states"  # model(..., gift_hidden_states=True): the backbone's output
-# Config attributes that rescale or cap the logits after the head (TRL's fused head lists them);
-# fused_gift_loss does neither, so such models take the logits path.
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                    "logits_scaling")
 
 
 @dataclass
@@ -176,7 +143,7 @@ def length_report(raw, prepared, args) -> dict[str, int]:
     return report
 
 
-class GIFTTrainer(SFTTrainer):
+class GIFTTrainer(ReferenceCacheMixin, SFTTrainer):
     """``SFTTrainer`` that overrides ``compute_loss`` with ``LOSSES[args.loss_type]``.
 
     Also touched, for the fused path and the reference cache (module docstring): the model's
@@ -207,10 +174,10 @@ class GIFTTrainer(SFTTrainer):
         self.length_report = length_report(kwargs.get("train_dataset"), self.train_dataset, args)
         self.loss_fn = LOSSES[loss_type]
         self.anchor = ANCHOR[loss_type]
-        causal_lm = _causal_lm(self.model)
-        self.fused = args.fused_loss and loss_type in FUSED_LOSSES and fused_head(causal_lm) is not None
+        lm = causal_lm(self.model)
+        self.fused = args.fused_loss and loss_type in FUSED_LOSSES and fused_head(lm) is not None
         if self.fused:
-            _add_hidden_forward(causal_lm)
+            add_hidden_forward(lm)
         self._frozen_base = None
         if self.anchor == "base" and not hasattr(self.model, "disable_adapter"):
             self._frozen_base = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -287,11 +254,11 @@ class GIFTTrainer(SFTTrainer):
         that no longer qualifies falls back to the logits path (warned once), except with the
         reference cache, which needs the fused path.
         """
-        if fused_head(_causal_lm(self.accelerator.unwrap_model(model))) is not None:
+        if fused_head(causal_lm(self.accelerator.unwrap_model(model))) is not None:
             return True
         if self.args.reference_cache is not None:
             raise ValueError("reference_cache needs the fused path, but the prepared model's lm_head is "
-                             f"{type(_causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings())}")
+                             f"{type(causal_lm(self.accelerator.unwrap_model(model)).get_output_embeddings())}")
         warnings.warn("the prepared model's lm_head does not fit the fused loss; using the logits path",
                       stacklevel=3)
         self.fused = False
@@ -338,132 +305,6 @@ class GIFTTrainer(SFTTrainer):
         with unwrapped.disable_adapter():
             out = unwrapped(**model_inputs, use_cache=False, **{HIDDEN_KWARG: True})
         return out.last_hidden_state[:, :-1], None
-
-    def _reference_head(self, model):
-        """The reference head's full ``(V, D)`` weight and bias (an FSDP2 shard is all-gathered)."""
-        head = (self._frozen_base.get_output_embeddings() if self._frozen_base is not None
-                else fused_head(_causal_lm(self.accelerator.unwrap_model(model))))
-        return _full(head.weight), None if head.bias is None else _full(head.bias)
-
-    def _cached_loss(self, model, hidden, weight, bias, labels, index, beta, lam) -> torch.Tensor:
-        """The loss with the reference read from the cache (built at the first step, ``_fused_loss``)."""
-        mask = labels != -100
-        rows = self.ref_cache.rows(index.tolist(), device=hidden.device)
-        h, y = hidden[mask], labels[mask]  # (n, D), (n,): row-major, the order the cache stores
-        first = next(iter(rows.values()))
-        if first.shape[0] != y.shape[0]:
-            raise RuntimeError(f"the reference cache holds {first.shape[0]} response tokens for examples "
-                               f"{index.tolist()}, the batch has {y.shape[0]}; delete {self.ref_cache.path}")
-        if self.args.reference_cache_topk is not None:
-            return refcache.topk_gift_loss(h, weight, y, rows["topk_ids"], rows["topk_logprobs"],
-                                           rows["gold_logprobs"], beta=beta, smooth_lambda=lam, bias=bias)
-        ref_w, ref_b = self._reference_head(model)
-        shared = self._frozen_base is None
-        ref_hidden = rows["hidden"].to(weight.dtype)  # stored in the full head's dtype (FSDP2: its shard's)
-        return fused_gift_loss(h, ref_hidden, weight, y, beta=beta, smooth_lambda=lam, bias=bias,
-                               ref_lm_head_weight=None if shared else ref_w, ref_bias=None if shared else ref_b)
-
-    # -- the reference cache -------------------------------------------------------------------
-    def _index_training_rows(self) -> None:
-        """Add the row index column and carry it through the collator (module docstring)."""
-        from datasets import Dataset
-
-        if not isinstance(self.train_dataset, Dataset):
-            raise ValueError("reference_cache needs a map-style datasets.Dataset as train_dataset")
-        if not self.fused:
-            raise ValueError(f"reference_cache needs the fused path; {type(_causal_lm(self.model)).__name__} "
-                             "has no plain nn.Linear lm_head after a backbone (see fused_head)")
-        if INDEX_COLUMN in self.train_dataset.column_names:
-            self.train_dataset = self.train_dataset.remove_columns(INDEX_COLUMN)
-        self.train_dataset = self.train_dataset.add_column(INDEX_COLUMN, list(range(len(self.train_dataset))))
-        self.data_collator = _KeepIndex(self.data_collator)
-
-    def _set_signature_columns_if_needed(self):
-        super()._set_signature_columns_if_needed()
-        if self.args.reference_cache is not None and INDEX_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, INDEX_COLUMN]
-
-    def _cache_parts(self, model) -> dict:
-        rows = self.train_dataset
-        base = self._frozen_base if self._frozen_base is not None else self.accelerator.unwrap_model(model)
-        weight, _ = self._reference_head(model)
-        return {"rows": refcache.rows_fingerprint(rows["input_ids"], rows["labels"]),
-                "model": refcache.model_fingerprint(base),
-                "tokenizer": refcache.tokenizer_fingerprint(self.processing_class),
-                "topk": self.args.reference_cache_topk, "dtype": str(weight.dtype),
-                "hidden_size": weight.shape[1], "vocab": weight.shape[0]}
-
-    def _open_or_build_cache(self, model) -> refcache.ReferenceCache:
-        """Open the cache for this model and data, or build it; every process calls this.
-
-        Collective: the key hashes full weights (all-gathered under FSDP2), rank 0 decides
-        whether a valid cache exists, and a build shares the reference pass among all ranks
-        (``_build_cache``). The others then open what rank 0 wrote, so ``reference_cache`` must
-        be a folder every process sees (one machine, or a shared file system).
-        """
-        parts = self._cache_parts(model)
-        key = refcache.cache_key(parts)
-        # response tokens per example: labels[1:] as compute_loss shifts them
-        counts = [sum(1 for y in labels[1:] if y != -100) for labels in self.train_dataset["labels"]]
-        main = self.accelerator.is_main_process
-        cache = refcache.open_cache(self.args.reference_cache, key, counts) if main else None
-        found = cache is not None
-        if self.accelerator.num_processes > 1:  # rank 0's answer, so every rank takes the same branch
-            found = broadcast_object_list([found])[0]
-        if not found:
-            start = time.perf_counter()
-            cache = self._build_cache(model, key, parts, counts)
-            self.ref_cache_build_s = time.perf_counter() - start
-        self.accelerator.wait_for_everyone()
-        if cache is None:
-            cache = refcache.open_cache(self.args.reference_cache, key, counts)
-        if cache is None:
-            raise RuntimeError(f"process {self.accelerator.process_index} cannot read the reference cache that "
-                               f"rank 0 wrote under {self.args.reference_cache}: put it on a file system every "
-                               "process sees")
-        return cache
-
-    def _build_cache(self, model, key: str, parts: dict, counts: list[int]) -> refcache.ReferenceCache | None:
-        """One reference pass over the training rows, the live path's code, shared among ranks.
-
-        Batch ``b`` (rows ``b*size`` onward, in index order) is computed by rank ``b % world``;
-        rank 0 gathers the rows and writes the cache (returned there; None elsewhere). Every rank
-        runs the same number of forward passes (FSDP2's all-gathers are collective), repeating
-        its last batch when it has none left.
-        """
-        rows = self.train_dataset.select_columns(["input_ids", "labels"])
-        weight, bias = self._reference_head(model)
-        topk = self.args.reference_cache_topk
-        if topk is not None and topk > weight.shape[0]:
-            raise ValueError(f"reference_cache_topk={topk} exceeds the vocabulary ({weight.shape[0]})")
-        specs = refcache.specs_for(topk, weight.shape[1], weight.dtype)
-        collate = getattr(self.data_collator, "collator", self.data_collator)
-        size = self.args.per_device_train_batch_size
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        starts = list(range(0, len(rows), size))
-
-        def compute(start: int):
-            ids = list(range(start, min(start + size, len(rows))))
-            batch = self._prepare_inputs(collate([rows[i] for i in ids]))
-            model_inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-            labels = batch["labels"][:, 1:]
-            ref_hidden, _ = self._reference_hidden(model, model_inputs)
-            mask = labels != -100
-            return ids, refcache.reference_rows(ref_hidden[mask], labels[mask], weight, bias, topk)
-
-        def batches():
-            for first in tqdm(range(0, len(starts), world), desc="reference cache",
-                              disable=self.args.disable_tqdm or not self.accelerator.is_main_process):
-                mine = first + rank < len(starts)
-                ids, out = compute(starts[min(first + rank, len(starts) - 1)])
-                part = (ids, {k: v.cpu() for k, v in out.items()}) if mine else None
-                yield from (p for p in _gather_to_main(part, world) if p is not None)
-
-        if self.accelerator.is_main_process:
-            return refcache.build_cache(self.args.reference_cache, key, counts, specs, batches(), parts)
-        for _ in batches():  # the other ranks compute and send their share
-            pass
-        return None
 
     # -- anchors ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -532,143 +373,7 @@ class GIFTTrainer(SFTTrainer):
                                          None if bias is None else bias.detach()), y)
 
 
-class _KeepIndex:
-    """Wraps TRL's collator (which keeps only the keys it knows) to re-attach the row index."""
 
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __getattr__(self, name):  # only for names not found on the wrapper itself
-        if name == "collator" or name.startswith("__"):  # e.g. while unpickling in a worker
-            raise AttributeError(name)
-        return getattr(self.collator, name)
-
-    def __call__(self, examples):
-        index = [ex[INDEX_COLUMN] for ex in examples] if examples and INDEX_COLUMN in examples[0] else None
-        batch = self.collator([{k: v for k, v in ex.items() if k != INDEX_COLUMN} for ex in examples])
-        if index is not None:
-            batch[INDEX_COLUMN] = torch.tensor(index, dtype=torch.long)
-        return batch
-
-
-def _causal_lm(model):
-    """The transformers model under PEFT (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def fused_head(model) -> torch.nn.Linear | None:
-    """The LM head ``fused_gift_loss`` can stand in for, or None (then the logits path runs).
-
-    ``model``: the transformers causal LM (under PEFT: ``get_base_model()``). Requires a backbone
-    (``model.base_model`` is not the model itself), a plain ``nn.Linear`` head with an ordinary
-    weight (not LoRA-wrapped, not bitsandbytes-quantised; bitsandbytes leaves lm_head alone), and
-    no logit scaling or soft-capping in the config. FSDP2 counts as plain: ``fully_shard`` turns
-    the head into an ``FSDPLinear`` (a subclass of ``FSDPModule`` and ``nn.Linear``) whose weight
-    is a ``DTensor`` shard; ``unsharded_head`` gathers it.
-    """
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    if _own_class(head) is not torch.nn.Linear or not _plain_weight(head.weight):
-        return None
-    if getattr(model, "base_model", model) is model:
-        return None
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
-        return None
-    return head
-
-
-def fsdp_sharded(model) -> bool:
-    """Whether any weight of ``model`` is an FSDP2 shard (a ``DTensor``)."""
-    return DTensor is not None and any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def unsharded_head(root) -> torch.nn.Linear:
-    """``fused_head`` of ``root`` (the accelerate-unwrapped model), with its full weight in place.
-
-    Under FSDP2 the fused path never calls the head's ``forward``, so FSDP's pre-forward hook
-    never all-gathers it: this calls ``unshard()`` on the FSDP unit holding the head (FSDP2's own
-    all-gather; a no-op when the unit is already unsharded). The unit stays unsharded until the
-    backward pass ends, where the root's post-backward callback reduce-scatters the head's
-    gradient (full fine-tuning) and reshards it, as for any unit whose forward did not run.
-    """
-    head = fused_head(_causal_lm(root))
-    unit = _fsdp_unit(root, head)
-    if unit is not None:
-        unit.unshard()
-    if not _plain_weight(head.weight, sharded=False):
-        raise RuntimeError(f"lm_head.weight is still a {type(head.weight).__name__} after unsharding")
-    return head
-
-
-def _own_class(module) -> type:
-    """``type(module)`` seen through FSDP2's wrapper class ``FSDP<cls>(FSDPModule, cls)``."""
-    cls = type(module)
-    if FSDPModule is not None and isinstance(module, FSDPModule):
-        cls = next(base for base in cls.__bases__ if base is not FSDPModule)
-    return cls
-
-
-def _plain_weight(weight, sharded: bool = True) -> bool:
-    """An ordinary ``nn.Parameter`` (not one DeepSpeed ZeRO-3 partitioned: it carries a ``ds_id``
-    and is empty outside the modules' own forward), or (``sharded``) FSDP2's ``DTensor`` one."""
-    if type(weight) is torch.nn.Parameter:
-        return not hasattr(weight, "ds_id")
-    return sharded and DTensor is not None and isinstance(weight, DTensor)
-
-
-def _fsdp_unit(root, module):
-    """The FSDP2 module whose parameter group holds ``module``'s weight: ``module`` itself or its
-    innermost ``FSDPModule`` ancestor in ``root``; None without FSDP2."""
-    if FSDPModule is None or not any(isinstance(m, FSDPModule) for m in (root, module)):
-        return None
-    if isinstance(module, FSDPModule):
-        return module
-    path = next(name for name, m in root.named_modules() if m is module).split(".")
-    for depth in range(len(path) - 1, -1, -1):
-        owner = root.get_submodule(".".join(path[:depth]))
-        if isinstance(owner, FSDPModule):
-            return owner
-    return None
-
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: an FSDP2 ``DTensor`` shard is all-gathered (collective), others as is."""
-    return tensor.full_tensor() if DTensor is not None and isinstance(tensor, DTensor) else tensor
-
-
-def _gather_to_main(obj, world: int) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0 (pickled through the process group);
-    ``[]`` on the other ranks; ``[obj]`` for one process."""
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world if dist.get_rank() == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out or []
-
-
-def _add_hidden_forward(model) -> None:
-    """Let ``model(..., gift_hidden_states=True)`` return its backbone's output, skipping the head.
-
-    The same move as TRL's ``add_fused_lm_head``: the call still enters through the (possibly
-    DDP/accelerate/PEFT-wrapped) model's ``forward``, so gradient hooks, autocast and LoRA apply.
-    """
-    if getattr(model.forward, "_gift_hidden", False):
-        return
-    previous = model.forward
-
-    @functools.wraps(type(model).forward)
-    def forward(self, *args, labels=None, **kwargs):
-        if not kwargs.pop(HIDDEN_KWARG, False):
-            return previous(*args, labels=labels, **kwargs)
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}  # PEFT passes output_* = None
-        kwargs["use_cache"] = False
-        return self.base_model(*args, **kwargs)
-
-    forward._gift_hidden = True
-    model.forward = types.MethodType(forward, model)
 
 
 # -- choosing the SFT checkpoint: the paper's rule -----------------------------------------------

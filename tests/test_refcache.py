@@ -12,7 +12,8 @@ from datasets import Dataset
 
 from gift_lite import losses, refcache
 from gift_lite.models import LoraSettings, load_lora
-from gift_lite.trainer import INDEX_COLUMN, GIFTConfig, GIFTTrainer
+from gift_lite.cached_reference import INDEX_COLUMN
+from gift_lite.trainer import GIFTConfig, GIFTTrainer
 
 SPECS = {"hidden": ((3,), torch.float32), "ids": ((2,), torch.int32), "gold": ((), torch.float32)}
 

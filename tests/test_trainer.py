@@ -11,8 +11,8 @@ from datasets import Dataset
 
 from gift_lite.losses import LOSSES
 from gift_lite.models import LoraSettings, load_lora, load_qlora
-from gift_lite.trainer import (GIFTConfig, GIFTTrainer, TruncationWarning, fused_head, per_epoch_selection,
-                               pick_checkpoint)
+from gift_lite.heads import fused_head
+from gift_lite.trainer import GIFTConfig, GIFTTrainer, TruncationWarning, per_epoch_selection, pick_checkpoint
 from transformers import AutoModelForCausalLM
 
 
