@@ -91,14 +91,14 @@ MINI_FT = MiniSettings(
 # The confirmatory protocol (data/mini_conf/PROTOCOL.md): numbers 1-15 for 1000 fresh ID test problems,
 # the OOD family (targets 51-99) in the pretraining corpus, 10 seeds for the decisive starts (its power
 # analysis), LUFFY and ReLIFT from the base, the fast GRPO configuration (shared prompts). Values
-# marked "selected" are the outcome of its selection (set once the selection has run).
+# marked "selected" are the outcome of its selection rules (notebook 04), which notebook 04 checks.
 MINI_CONF_WORLD = WorldConfig(max_number=15, n_val=200, n_rl=2400, n_id_test=1000, n_ood_test=500, ood_pretrain=1224)
 MINI_CONF = replace(
     MINI_FT, world=MINI_CONF_WORLD,
-    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected: not yet
+    init=InitSettings(lora=None, learning_rate=3e-4, num_train_epochs=2),  # selected (notebook 04)
     eval=replace(MINI_FT.eval, share_prompts=True),
-    rl=replace(MINI_FT.rl, share_prompts=True, learning_rate=1e-4, max_steps=325),  # selected: not yet
-    decisive_seeds=tuple(range(3, 10)), decisive_beta=1.0,  # decisive_beta: beta* (selected: not yet)
+    rl=replace(MINI_FT.rl, share_prompts=True, learning_rate=1e-4, max_steps=275),  # selected (notebook 04)
+    decisive_seeds=tuple(range(3, 10)), decisive_beta=1.0,  # 10 decisive seeds: the power analysis; beta*: selected
     unified=("luffy", "relift"))
 CONF_SELECTION = SelectionSettings(base_ood_pass1=0.05, base_ood_pass16=0.40)  # PROTOCOL.md §1
 SMOKE_MINI_CONF = replace(  # two seeds everywhere: the random-effects interval needs a seed spread
