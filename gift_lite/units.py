@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -146,3 +150,45 @@ def run_pool(function, jobs: list[tuple], workers: int, *, desc: str, progress: 
                 bar.update()
     bar.close()
     return done
+
+
+# -- resuming a unit at its last Trainer checkpoint -------------------------------------------------
+def checkpoint_dir(data_dir: Path, stage: str, key: str) -> Path:
+    """``<data_dir>/checkpoints/<stage>/<key>``: the unit's Trainer checkpoints, deleted once it finishes."""
+    return Path(data_dir) / "checkpoints" / stage / key
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step of a ``checkpoint-<step>`` folder."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+def last_checkpoint(folder: Path | None) -> str | None:
+    """The newest complete ``checkpoint-<step>`` in ``folder``, or None (start from scratch).
+
+    Trainer writes ``trainer_state.json`` last, and not atomically: a checkpoint whose state does
+    not parse was cut short by a kill, and is deleted.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return None
+    complete = []
+    for path in Path(folder).iterdir():
+        if not re.fullmatch(r"checkpoint-\d+", path.name):
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append(path)
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete, key=checkpoint_step)) if complete else None
+
+
+@contextmanager
+def output_folder(checkpoints: Path | None):
+    """The Trainer's ``output_dir``: the checkpoint folder, or a temporary one when not checkpointing."""
+    if checkpoints is not None:
+        Path(checkpoints).mkdir(parents=True, exist_ok=True)
+        yield str(checkpoints)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        yield scratch

@@ -12,7 +12,8 @@ from gift_lite.data import (BENCHMARKS, MATH_INSTRUCTION, Problem, chat_prompt, 
                             load_rl_prompts, load_sft, math_prompt, read_rows, split_of)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2, trainable_parameters
 from gift_lite.memory import QWEN25_SHAPES, ModelShape, estimate_memory_gb, memory_table
-from gift_lite.real import GPU_REAL, SMOKE_REAL, check_sources, filter_by_length, load_data, run_name, score
+from gift_lite.real_data import check_sources, filter_by_length, load_data, score
+from gift_lite.real_settings import GPU_REAL, SMOKE_REAL, run_name
 from gift_lite.real import main as real_main
 from gift_lite.repro import repo_root
 
@@ -192,7 +193,8 @@ def test_chat_prompt_renders_the_user_turn_with_one_bos(tokenizer):
 
 
 def test_with_chat_template_renders_every_prompt_once_and_can_be_switched_off():
-    from gift_lite.real import RealData, configure, with_chat_template
+    from gift_lite.real_data import RealData, with_chat_template
+    from gift_lite.real_settings import configure
 
     data = RealData([{"prompt": "p1", "completion": "c"}], 0, [{"prompt": "p2", "answer": "1", "id": "a"}],
                     [("b", "id", [Problem("x", "2+2", "4"), Problem("y", "Q", "A", ("u", "v"))])])

@@ -6,7 +6,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from gift_lite import real, theory
+from gift_lite import real_settings, theory
 from gift_lite.params import FLAG, SEED, Param, check_parameters
 from gift_lite.repro import repo_root
 
@@ -45,25 +45,25 @@ def test_theory_defaults_pass_their_own_check():
 
 
 def test_configure_checks_types_and_applies_values():
-    settings = real.configure("smoke", n_sft=3, beta=5, init_max_length=256, id_benchmarks="a.jsonl, b.jsonl",
+    settings = real_settings.configure("smoke", n_sft=3, beta=5, init_max_length=256, id_benchmarks="a.jsonl, b.jsonl",
                               seed=4, model=None)
     assert settings.n_sft == 3 and settings.beta == 5.0 and isinstance(settings.beta, float)
     assert settings.init.max_length == 256 and settings.id_benchmarks == ("a.jsonl", "b.jsonl")
-    assert settings.seeds == (4,) and settings.model == real.SMOKE_REAL.model
+    assert settings.seeds == (4,) and settings.model == real_settings.SMOKE_REAL.model
     with pytest.raises(ValueError, match=r"n_sft='100' must be an int >= 1, or None"):
-        real.configure("smoke", n_sft="100")
+        real_settings.configure("smoke", n_sft="100")
     with pytest.raises(ValueError, match=r"method='gfit' must be one of \['asft', 'dft', 'gift'"):
-        real.configure("smoke", method="gfit")
+        real_settings.configure("smoke", method="gfit")
     with pytest.raises(ValueError, match=r"beta=-1.0 must be a float > 0"):
-        real.configure("smoke", beta=-1.0)
+        real_settings.configure("smoke", beta=-1.0)
     with pytest.raises(ValueError, match=r"init_learning_rate.* not among the known ones"):
-        real.configure("smoke", init_learning_rate=1e-3)
+        real_settings.configure("smoke", init_learning_rate=1e-3)
 
 
 def test_configure_takes_every_documented_parameter():
-    """Each name in ``real.PARAMETERS`` reaches its field: ``rl_data`` and ``n_rl`` are top-level
+    """Each name in ``real_settings.PARAMETERS`` reaches its field: ``rl_data`` and ``n_rl`` are top-level
     fields, not ``rl.data`` of the GRPO settings (a TypeError once)."""
-    settings = real.configure("smoke", rl_data="x.jsonl", n_rl=7, rl_max_steps=3, rl_max_completion_length=9,
+    settings = real_settings.configure("smoke", rl_data="x.jsonl", n_rl=7, rl_max_steps=3, rl_max_completion_length=9,
                               init_max_steps=2, eval_max_new_tokens=5, ood_benchmarks="c.jsonl")
     assert settings.rl_data == "x.jsonl" and settings.n_rl == 7 and settings.ood_benchmarks == ("c.jsonl",)
     assert settings.rl.max_steps == 3 and settings.rl.max_completion_length == 9

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gift_lite import real
+from gift_lite import real_settings, units
 from gift_lite.units import check_unit_settings
 
 SCRIPT = """
@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 import torch
 from transformers import Trainer
-from gift_lite import real
+from gift_lite import real, real_data, real_settings, units
 
 stage, data_dir, kill_step = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 save = Trainer._save_checkpoint
@@ -38,10 +38,10 @@ def save_then_die(self, model, trial):  # SIGKILL right after checkpoint kill_st
 
 Trainer._save_checkpoint = save_then_die
 torch.set_num_threads(1)
-settings = replace(real.SMOKE_REAL, save_steps=1, init=replace(real.SMOKE_REAL.init, max_steps=6),
-                   rl=replace(real.SMOKE_REAL.rl, max_steps=4))
-data = real.load_data(settings)
-model_path = real.resolve_model(settings, data_dir)
+settings = replace(real_settings.SMOKE_REAL, save_steps=1, init=replace(real_settings.SMOKE_REAL.init, max_steps=6),
+                   rl=replace(real_settings.SMOKE_REAL.rl, max_steps=4))
+data = real_data.load_data(settings)
+model_path = real_data.resolve_model(settings, data_dir)
 real.run_init_unit(settings, model_path, data, data_dir, 0)
 if stage == "rl":
     real.run_rl_unit(settings, model_path, data, data_dir, 0)
@@ -66,7 +66,7 @@ def numbers(data_dir: Path, stage: str) -> pd.DataFrame:
 def test_killed_unit_resumes_from_its_checkpoint_to_the_same_numbers(stage, kill_step, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     assert run(stage, killed, kill_step) == -signal.SIGKILL
-    assert real.last_checkpoint(killed / "checkpoints" / stage / KEY).endswith(f"checkpoint-{kill_step}")
+    assert units.last_checkpoint(killed / "checkpoints" / stage / KEY).endswith(f"checkpoint-{kill_step}")
     assert not (killed / "units" / stage / f"{KEY}.csv").exists()
     assert run(stage, killed) == 0  # resumes at step kill_step + 1
     assert run(stage, clean) == 0
@@ -85,15 +85,15 @@ def test_a_checkpoint_cut_short_is_skipped_and_removed(tmp_path):
             (folder / "trainer_state.json").write_text(json.dumps(state))
     (tmp_path / "checkpoint-4").mkdir()
     (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')
-    assert real.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert units.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]
-    assert real.last_checkpoint(tmp_path / "none") is None and real.last_checkpoint(None) is None
+    assert units.last_checkpoint(tmp_path / "none") is None and units.last_checkpoint(None) is None
 
 
 def test_one_run_folder_takes_other_methods_and_seeds_but_not_other_settings(tmp_path):
-    check_unit_settings(tmp_path, real.SMOKE_REAL, ignore=real.PER_UNIT_FIELDS)
-    for other in (replace(real.SMOKE_REAL, method="sft"), replace(real.SMOKE_REAL, beta=2.0, seeds=(1,)),
-                  replace(real.SMOKE_REAL, save_steps=7)):
-        check_unit_settings(tmp_path, other, ignore=real.PER_UNIT_FIELDS)
+    check_unit_settings(tmp_path, real_settings.SMOKE_REAL, ignore=real_settings.PER_UNIT_FIELDS)
+    for other in (replace(real_settings.SMOKE_REAL, method="sft"), replace(real_settings.SMOKE_REAL, beta=2.0, seeds=(1,)),
+                  replace(real_settings.SMOKE_REAL, save_steps=7)):
+        check_unit_settings(tmp_path, other, ignore=real_settings.PER_UNIT_FIELDS)
     with pytest.raises(ValueError, match="holds units made with other settings"):
-        check_unit_settings(tmp_path, replace(real.SMOKE_REAL, n_sft=3), ignore=real.PER_UNIT_FIELDS)
+        check_unit_settings(tmp_path, replace(real_settings.SMOKE_REAL, n_sft=3), ignore=real_settings.PER_UNIT_FIELDS)

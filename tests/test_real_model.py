@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from gift_lite import gsm_symbolic, models, real, smollm2
+from gift_lite import gsm_symbolic, models, real, real_data, real_settings, smollm2
 from gift_lite.data import chat_prompt, load_benchmark, load_sft, math_prompt
 from gift_lite.evaluate import suggest_beta
 from gift_lite.models import add_lora
@@ -24,7 +24,7 @@ from gift_lite.rewards import math_reward
 from gift_lite.trainer import GIFTTrainer
 
 GSM = repo_root() / gsm_symbolic.FOLDER
-RUN = repo_root() / "data" / real.run_name(real.CPU_REAL)
+RUN = repo_root() / "data" / real_settings.run_name(real_settings.CPU_REAL)
 
 
 # -- GSM-Symbolic ------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_the_gguf_becomes_a_plain_folder_with_the_same_logits(tmp_path):
     ChatML template and EOS, and the folder records its source."""
     gguf_model, _ = smollm2.load_gguf(smollm2.gguf_path())
     folder = smollm2.build_folder(tmp_path / "smollm2")
-    model, tokenizer = real.load_policy(str(folder), four_bit=False)
+    model, tokenizer = real_data.load_policy(str(folder), four_bit=False)
     assert type(model).__name__ == "LlamaForCausalLM" and 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
     assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>assistant" in chat_prompt(tokenizer, "hi")
     ids = tokenizer(chat_prompt(tokenizer, "What is 2 + 3?"), return_tensors="pt")["input_ids"]
@@ -89,8 +89,8 @@ def test_the_gguf_becomes_a_plain_folder_with_the_same_logits(tmp_path):
     assert smollm2.build_folder(folder) == folder  # reused, not rebuilt
     # pad is EOS (<|im_end|>) in this tokenizer: the trainer must still train the final EOS and
     # mask the prompt and the padding
-    settings = replace(real.CPU_REAL, model=str(folder))
-    rows = real.init_rows(settings, str(folder), real.load_data(replace(settings, n_sft=2, n_expert_eval=0)))
+    settings = replace(real_settings.CPU_REAL, model=str(folder))
+    rows = real.init_rows(settings, str(folder), real_data.load_data(replace(settings, n_sft=2, n_expert_eval=0)))
     config = real.init_config(settings, str(tmp_path / "out"), 0, max_steps=1)
     trainer = GIFTTrainer(model=add_lora(model, settings.init.lora), args=config,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -107,42 +107,42 @@ def test_the_makefile_installs_the_version_the_code_names():
 
 # -- the CPU run's grid ------------------------------------------------------------------------------
 def test_the_cpu_run_grid_goes_seed_by_seed():
-    settings = real.CPU_REAL
-    assert real.REAL_PRESETS["mini"] is settings and settings.model == smollm2.FOLDER
+    settings = real_settings.CPU_REAL
+    assert real_settings.REAL_PRESETS["mini"] is settings and settings.model == smollm2.FOLDER
     inits = settings.init_units()
-    assert len(inits) == 8 and {(m, b) for m, b, _ in inits} == {("sft", real.INF), ("gift", real.CPU_BETA_STAR),
+    assert len(inits) == 8 and {(m, b) for m, b, _ in inits} == {("sft", real_settings.INF), ("gift", real_settings.CPU_BETA_STAR),
                                                                    ("gift", 20.0), ("gift", 1.0)}
     assert [s for *_, s in inits] == [0] * 4 + [1] * 4
-    assert settings.rl_units() == [("sft", real.INF, 0), ("gift", real.CPU_BETA_STAR, 0)]
-    single = replace(real.SMOKE_REAL, init_runs=(), rl_runs=())  # no grid: its one (method, beta), every seed
+    assert settings.rl_units() == [("sft", real_settings.INF, 0), ("gift", real_settings.CPU_BETA_STAR, 0)]
+    single = replace(real_settings.SMOKE_REAL, init_runs=(), rl_runs=())  # no grid: its one (method, beta), every seed
     assert single.init_units() == single.rl_units() == [("gift", 20.0, 0)]
-    one = real.configure("mini", method="sft", seed=3)  # a notebook parameter replaces the grid by one unit
-    assert one.init_units() == one.rl_units() == [("sft", real.INF, 3)]
+    one = real_settings.configure("mini", method="sft", seed=3)  # a notebook parameter replaces the grid by one unit
+    assert one.init_units() == one.rl_units() == [("sft", real_settings.INF, 3)]
     assert real.run_dir("mini", settings) == RUN and "scratch" in real.run_dir("smoke", single).parts
 
 
 def test_held_out_expert_rows_follow_the_training_slice():
-    data = real.load_data(real.CPU_REAL)
+    data = real_data.load_data(real_settings.CPU_REAL)
     rows, _ = load_sft(GSM / "sft.jsonl")
     assert data.sft == rows[:128] and data.expert == rows[128:152] and len(data.rl) == 64
     assert [(n, s, len(p)) for n, s, p in data.benchmarks] == [("test_id", "id", 16), ("test_ood", "ood", 16)]
     with pytest.raises(ValueError, match="n_expert_eval=3 needs n_sft"):
-        real.load_data(replace(real.SMOKE_REAL, n_sft=None, n_expert_eval=3))
+        real_data.load_data(replace(real_settings.SMOKE_REAL, n_sft=None, n_expert_eval=3))
     with pytest.raises(ValueError, match="has 8 usable rows, fewer than n_sft \\+ n_expert_eval = 9"):
-        real.load_data(replace(real.SMOKE_REAL, n_sft=6, n_expert_eval=3))
+        real_data.load_data(replace(real_settings.SMOKE_REAL, n_sft=6, n_expert_eval=3))
 
 
 @pytest.mark.skipif(not (RUN / "units" / "beta" / "gold_probs.csv").exists(), reason="beta unit not computed")
 def test_the_presets_beta_star_is_what_the_committed_probabilities_give():
     frame = pd.read_csv(RUN / "units" / "beta" / "gold_probs.csv")
-    assert frame["row"].nunique() == real.CPU_REAL.n_sft
-    assert float(f"{suggest_beta(torch.tensor(frame['p_gold'].to_numpy())):.2g}") == real.CPU_BETA_STAR
+    assert frame["row"].nunique() == real_settings.CPU_REAL.n_sft
+    assert float(f"{suggest_beta(torch.tensor(frame['p_gold'].to_numpy())):.2g}") == real_settings.CPU_BETA_STAR
 
 
 def test_run_all_goes_through_a_grid_and_resumes(tmp_path):
-    settings = replace(real.SMOKE_REAL, init_runs=(("sft", real.INF), ("gift", 2.0)), rl_runs=(("gift", 2.0),),
-                       init=replace(real.SMOKE_REAL.init, max_steps=1), rl=replace(real.SMOKE_REAL.rl, max_steps=1))
-    data = real.load_data(settings)
+    settings = replace(real_settings.SMOKE_REAL, init_runs=(("sft", real_settings.INF), ("gift", 2.0)), rl_runs=(("gift", 2.0),),
+                       init=replace(real_settings.SMOKE_REAL.init, max_steps=1), rl=replace(real_settings.SMOKE_REAL.rl, max_steps=1))
+    data = real_data.load_data(settings)
     keys = real.run_all(settings, data, tmp_path, progress=False)
     assert keys == ["beta", "base", "init/sft_betainf_seed0", "init/gift_beta2_seed0", "rl/gift_beta2_seed0"]
     counts = pd.read_csv(tmp_path / "units" / "init_problems" / "gift_beta2_seed0.csv")
@@ -161,7 +161,7 @@ def test_gpus_without_native_bf16_train_in_fp32(monkeypatch, capability, bf16):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported",
                         lambda including_emulation=True: including_emulation or capability >= (8, 0))
     want = torch.bfloat16 if bf16 else torch.float32
-    assert models.cuda_bf16() is bf16 and models.default_dtype() == real.compute_dtype() == want
+    assert models.cuda_bf16() is bf16 and models.default_dtype() == real_data.compute_dtype() == want
     assert models.nf4_config().bnb_4bit_compute_dtype == want
 
 
@@ -171,7 +171,7 @@ def test_claim1_table_judges_beta_star_only_and_reports_the_rest():
     from gift_lite import claims
 
     results, counts = [], []
-    for method, beta, entropy, kl, correct in (("sft", real.INF, 0.5, 0.2, 0), ("gift", 2.0, 0.8, 0.02, 3),
+    for method, beta, entropy, kl, correct in (("sft", real_settings.INF, 0.5, 0.2, 0), ("gift", 2.0, 0.8, 0.02, 3),
                                                ("gift", 20.0, 0.5, 0.2, 0)):
         for seed in (0, 1):
             results += [{"method": method, "beta": beta, "seed": seed, "stage": "init", "split": "", "metric": m,
