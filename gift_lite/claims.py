@@ -104,15 +104,18 @@ def claim_comparisons(results: pd.DataFrame, claim: int, gift_beta: float, *, k_
     raise ValueError(f"claim={claim!r} is not one of 1, 2, 3, 4")
 
 
-def beta_curve(results: pd.DataFrame, *, stage: str = "rl", metric: str = "pass@1", split: str = "id") -> pd.DataFrame:
+def beta_curve(results: pd.DataFrame, *, stage: str = "rl", metric: str = "pass@1", split: str = "id",
+               spread: bool = False) -> pd.DataFrame:
     """``metric`` against β: finite β is GIFT, ∞ is SFT, and β = 0 is the base before RL
-    (stage ``base``) or RL from the base after it (``rl_only``)."""
-    stats = seed_stats(results, stage=stage, metric=metric, split=split)
+    (stage ``base``) or RL from the base after it (``rl_only``). ``spread``: also the ``min`` and
+    ``max`` over seeds (``plotting.plot_beta_curves`` draws them as a band)."""
+    stats = seed_stats(results, stage=stage, metric=metric, split=split, spread=spread)
     curve = stats[stats["method"].isin(["gift", "sft"])]
-    zero = (seed_stats(results, stage="base", metric=metric, split=split) if stage == "init"
+    zero = (seed_stats(results, stage="base", metric=metric, split=split, spread=spread) if stage == "init"
             else stats[stats["method"] == "rl_only"])
     curve = pd.concat([zero.assign(beta=0.0), curve], ignore_index=True)
-    return curve.sort_values("beta").reset_index(drop=True)[["beta", "method", "mean", "std", "n"]]
+    columns = ["beta", "method", "mean", "std", "n"] + (["min", "max"] if spread else [])
+    return curve.sort_values("beta").reset_index(drop=True)[columns]
 
 
 def single_peak(curve: pd.DataFrame) -> list[Comparison]:

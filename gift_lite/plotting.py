@@ -313,34 +313,68 @@ def run_color(method: str, beta: float):
     return beta_color(beta) if method == "gift" else method_color(method)
 
 
-def plot_pass_at_k(results, *, stage: str, split: str = "id", ax=None):
-    """pass@k against k for every (method, β), mean over seeds with a ±1 std band."""
+def plot_pass_at_k(results, *, stage: str, split: str = "id", ax=None, highlight=()):
+    """pass@k against k for every (method, β), mean over seeds with a ±1 std band.
+
+    ``highlight``: the ``(method, beta)`` starts a claim judges, drawn strongly with the min–max
+    band over their seeds; the others are drawn faded, without a band.
+    """
     fig, ax = _figure(ax)
+    strong = {(method, float(beta)) for method, beta in highlight}
     rows = results[(results["stage"] == stage) & (results["split"] == split)
                    & results["metric"].str.startswith("pass@")].copy()
     rows["k"] = rows["metric"].str.removeprefix("pass@").astype(int)
     for (method, beta), group in rows.groupby(["method", "beta"], sort=False):
-        stats = group.groupby("k")["value"].agg(["mean", "std"]).fillna(0.0)
-        color = run_color(method, beta)
-        ax.plot(stats.index, stats["mean"], marker="o", ms=3, color=color, label=method_label(method, beta))
-        ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], color=color,
-                        alpha=0.15, lw=0)
+        per_k = group.groupby("k")["value"]
+        stats = per_k.agg(["mean", "std"]).fillna(0.0)
+        style = {"color": run_color(method, beta), "label": method_label(method, beta)}
+        if strong and (method, float(beta)) not in strong:
+            ax.plot(stats.index, stats["mean"], lw=0.8, alpha=0.3, **style)
+            continue
+        ax.plot(stats.index, stats["mean"], marker="o", ms=3, zorder=3 if strong else 2, **style)
+        low, high = (per_k.min(), per_k.max()) if strong else (stats["mean"] - stats["std"], stats["mean"] + stats["std"])
+        ax.fill_between(stats.index, low, high, color=style["color"], alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k")
     ax.set_ylabel(f"pass@k ({split})")
-    ax.set_title(f"pass@k, stage = {stage}")
+    if strong:
+        ax.set_title(f"pass@k, stage = {stage}; judged starts strong, band: min–max over seeds", fontsize=9)
+    else:
+        ax.set_title(f"pass@k, stage = {stage}")
     ax.legend(ncol=2)
     return fig
 
 
-def plot_beta_curves(curves: dict, beta_max: float = 30.0):
-    """One panel per curve (``claims.beta_curve`` tables): mean ± std against β, ∞ drawn at the right."""
+def judged_betas(beta_star: float, peak: float) -> dict[str, float]:
+    """``plot_beta_curves``' marks for one panel: β\* (claims 1–3) and the peak β̂ (claim 4)."""
+    if beta_star == peak:
+        return {f"β* = β̂ = {beta_star:g} (judged)": beta_star}
+    return {f"β* = {beta_star:g} (claims 1–3)": beta_star, f"β̂ = {peak:g} (claim 4)": peak}
+
+
+def plot_beta_curves(curves: dict, beta_max: float = 30.0, judged: dict | None = None):
+    """One panel per curve (``claims.beta_curve`` tables): mean ± std against β, ∞ drawn at the right.
+
+    A curve with ``min`` and ``max`` columns (``beta_curve(..., spread=True)``) is drawn with its
+    min–max band over seeds instead of ±std bars. ``judged``: per panel title, ``{label: beta}`` of
+    the β a claim judges (β\*, the peak β̂), each ringed and named in the legend.
+    """
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
     for ax, (title, curve) in zip(axes[0], curves.items()):
         x = np.where(np.isinf(curve["beta"]), beta_max, curve["beta"])
-        ax.errorbar(x, curve["mean"], yerr=curve["std"], color=METHOD_COLORS["gift"], marker="o", capsize=3)
+        if {"min", "max"} <= set(curve.columns):
+            ax.plot(x, curve["mean"], color=METHOD_COLORS["gift"], marker="o")
+            ax.fill_between(x, curve["min"], curve["max"], color=METHOD_COLORS["gift"], alpha=0.15, lw=0)
+        else:
+            ax.errorbar(x, curve["mean"], yerr=curve["std"], color=METHOD_COLORS["gift"], marker="o", capsize=3)
         for xi, beta in zip(x, curve["beta"]):
             ax.plot(xi, curve.loc[curve["beta"] == beta, "mean"].iloc[0], "o", color=beta_color(beta), zorder=3)
+        for (label, beta), marker in zip((judged or {}).get(title, {}).items(), ("o", "s", "D")):
+            at = curve[curve["beta"] == beta]
+            ax.plot(beta_max if math.isinf(beta) else beta, at["mean"].iloc[0], marker, ms=12, mfc="none",
+                    mec="black", mew=1.2, ls="", zorder=4, label=label)
+        if (judged or {}).get(title):
+            ax.legend(loc="lower center")
         _symlog_beta(ax, beta_max * 1.05)
         ticks = [t for t in (0, 1, 2, 5, 10, 20) if t < beta_max] + [beta_max]
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks[:-1]] + ["∞"])
@@ -386,15 +420,16 @@ def _figure(ax):
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_pass_at_k_before_rl(results, splits: tuple[str, ...] = ("id", "ood")):
+def plot_pass_at_k_before_rl(results, splits: tuple[str, ...] = ("id", "ood"), highlight=()):
     """pass@k before RL, one panel per split: the base (stage ``base``) and every initialiser
-    (stage ``init``), mean over seeds with a ±1 std band (the paper's exploration figure)."""
+    (stage ``init``), mean over seeds with a ±1 std band (the paper's exploration figure);
+    ``highlight`` as in ``plot_pass_at_k``."""
     before = results[results["stage"].isin(["base", "init"])].assign(stage="init")
     fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 3.8), squeeze=False, sharey=True,
                              layout="constrained")
     for i, (ax, split) in enumerate(zip(axes[0], splits)):
-        plot_pass_at_k(before, stage="init", split=split, ax=ax)
-        ax.set_title(f"pass@k before RL, {split.upper()} test")
+        plot_pass_at_k(before, stage="init", split=split, ax=ax, highlight=highlight)
+        ax.set_title(f"pass@k before RL, {split.upper()} test" + (" (judged starts strong)" if highlight else ""))
         if i > 0:
             ax.get_legend().remove()
     return fig

@@ -25,12 +25,14 @@ def run_label(method: str, beta: float) -> str:
     return method
 
 
-def seed_stats(results: pd.DataFrame, *, stage: str, metric: str, split: str = "") -> pd.DataFrame:
-    """One row per (method, β): ``mean``, ``std`` (ddof 1; 0 for one seed), ``n`` seeds, ``label``."""
+def seed_stats(results: pd.DataFrame, *, stage: str, metric: str, split: str = "", spread: bool = False) -> pd.DataFrame:
+    """One row per (method, β): ``mean``, ``std`` (ddof 1; 0 for one seed), ``n`` seeds, ``label``;
+    with ``spread``, also ``min`` and ``max`` over the seeds (for seed bands)."""
     rows = results[(results["stage"] == stage) & (results["metric"] == metric)
                    & (results["split"].fillna("") == split)]
     grouped = rows.groupby(["method", "beta"], sort=False)["value"]
-    stats = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    extra = {"min": "min", "max": "max"} if spread else {}
+    stats = grouped.agg(mean="mean", std="std", n="count", **extra).reset_index()
     stats["std"] = stats["std"].fillna(0.0)
     stats["label"] = [run_label(m, b) for m, b in zip(stats["method"], stats["beta"])]
     return stats

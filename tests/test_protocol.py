@@ -236,3 +236,34 @@ def test_validation_curves_draw_the_judged_starts_with_seed_bands_and_fade_the_r
     assert alphas["DFT"] == 0.3 and alphas["SFT (β = ∞)"] is None
     plain = plotting.plot_validation_curves(curves)  # no highlight: every start alike, no bands
     assert not [c for c in plain.axes[0].collections if isinstance(c, PolyCollection)]
+
+
+def test_pass_at_k_and_beta_curves_single_out_the_judged_starts():
+    from matplotlib.collections import PolyCollection
+
+    from gift_lite import plotting
+    rows = [{"method": m, "beta": b, "seed": s, "stage": "init", "split": "id", "metric": f"pass@{k}",
+             "value": 0.1 * k ** 0.5 + 0.02 * s + (0.1 if m == "gift" else 0.0)}
+            for m, b in (("gift", 1.0), ("gift", 4.0), ("sft", math.inf), ("rl_only", math.inf)) for s in (0, 1, 2)
+            for k in (1, 4, 16)]
+    results = pd.DataFrame(rows)
+    fig = plotting.plot_pass_at_k(results, stage="init", highlight=[("gift", 1.0), ("sft", math.inf)])
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # judged starts only
+    y = bands[1].get_paths()[0].vertices[:, 1]  # SFT: seeds 0..2 give +0.00..+0.04 around 0.1 sqrt(k)
+    assert (y.min(), y.max()) == pytest.approx((0.1, 0.44))
+    alphas = {line.get_label(): line.get_alpha() for line in ax.get_lines()}
+    assert alphas["GIFT (β = 4)"] == 0.3 and alphas["GIFT (β = 1)"] is None
+    unmarked = plotting.plot_pass_at_k(results, stage="init")  # default: a ±1 std band for every start
+    assert len([c for c in unmarked.axes[0].collections if isinstance(c, PolyCollection)]) == 4
+
+    curve = claims.beta_curve(results.assign(stage="rl", metric=results["metric"]), metric="pass@16", spread=True)
+    assert list(curve.columns) == ["beta", "method", "mean", "std", "n", "min", "max"]
+    assert curve.loc[curve["beta"] == 1.0, ["min", "max"]].iloc[0].tolist() == pytest.approx([0.5, 0.54])
+    marks = plotting.judged_betas(1.0, 4.0)
+    assert list(marks.values()) == [1.0, 4.0] and plotting.judged_betas(1.0, 1.0) == {"β* = β̂ = 1 (judged)": 1.0}
+    fig = plotting.plot_beta_curves({"after RL": curve}, judged={"after RL": marks})
+    ax = fig.axes[0]
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 1  # the min-max band
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(marks)
