@@ -51,7 +51,7 @@ from gift_lite.real_settings import (INF, MIN_FREE_MB, PER_UNIT_FIELDS, REAL_PRE
                                      resolve_source, run_name)
 from gift_lite.repro import seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
-from gift_lite.rewards import math_reward_func
+from gift_lite.math_rewards import math_reward_func
 from gift_lite.rl import grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,

@@ -19,7 +19,7 @@ from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, 
 from gift_lite.models import load_adapter, load_base
 from gift_lite.repro import repo_root
 from gift_lite.real_settings import TINY_MODEL, RealSettings, resolve_source
-from gift_lite.rewards import choice_reward, math_reward
+from gift_lite.math_rewards import choice_reward, math_reward
 from gift_lite.world import set_special_tokens
 
 # ---------------------------------------------------------------------------------------------

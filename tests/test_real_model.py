@@ -20,7 +20,7 @@ from gift_lite.data import chat_prompt, load_benchmark, load_sft, math_prompt
 from gift_lite.evaluate import suggest_beta
 from gift_lite.models import add_lora
 from gift_lite.repro import repo_root
-from gift_lite.rewards import math_reward
+from gift_lite.math_rewards import math_reward
 from gift_lite.trainer import GIFTTrainer
 
 GSM = repo_root() / gsm_symbolic.FOLDER

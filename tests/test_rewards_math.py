@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gift_lite.rewards import (answers_match, choice_letter, choice_reward, choice_reward_func, final_answer,
+from gift_lite.math_rewards import (answers_match, choice_letter, choice_reward, choice_reward_func, final_answer,
                                gold_items, last_boxed, math_reward, math_reward_func, pred_items, split_items)
 from math_grading_cases import CASES, FORMS
 
