@@ -258,10 +258,11 @@ def verdict_stability(data: ProtocolData, beta_star: float, betas: tuple[float, 
     runs = runs[runs["part_verdict"] != ""]
     out = runs.groupby(["claim", "part", "comparison"], sort=False).agg(
         low_min=("low", "min"), low_max=("low", "max"), high_min=("high", "min"), high_max=("high", "max"))
-    counts = runs.groupby(["claim", "part", "comparison"], sort=False)["part_verdict"].agg(
-        lambda v: "; ".join(f"{name} {n}/{len(v)}" for name, n in v.value_counts().sort_index().items()))
-    claim = runs.drop_duplicates(["claim", "boot_seed"]).groupby("claim")["verdict"].agg(
-        lambda v: "; ".join(f"{name} {n}/{len(v)}" for name, n in v.value_counts().sort_index().items()))
+    def tally(verdicts):  # "inconclusive 39/40; reproduced 1/40"
+        return "; ".join(f"{name} {n}/{len(verdicts)}" for name, n in verdicts.value_counts().sort_index().items())
+
+    counts = runs.groupby(["claim", "part", "comparison"], sort=False)["part_verdict"].agg(tally)
+    claim = runs.drop_duplicates(["claim", "boot_seed"]).groupby("claim")["verdict"].agg(tally)
     out = out.assign(part_verdicts=counts).reset_index()
     return out.assign(claim_verdicts=out["claim"].map(claim))
 
@@ -273,9 +274,9 @@ def reported_against(data: ProtocolData, starts: list[tuple[str, float]], refere
     ref = data.scores(*reference, stage, split)
     rows = []
     for method, beta in starts:
-        d = rule.paired(data.scores(method, beta, stage, split), ref, what=f"{method} beta={beta:g}", sign=1,
-                        margin=rule.margin("pass"))
-        rows.append({"method": method, "beta": beta, "seeds": data.scores(method, beta, stage, split).shape[1],
+        scores = data.scores(method, beta, stage, split)
+        d = rule.paired(scores, ref, what=f"{method} beta={beta:g}", sign=1, margin=rule.margin("pass"))
+        rows.append({"method": method, "beta": beta, "seeds": scores.shape[1],
                      "pass@1": d.a, "reference": d.b, "diff": d.estimate, "low": d.low, "high": d.high,
                      "detectable": d.detectable})
     return pd.DataFrame(rows)
