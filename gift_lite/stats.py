@@ -73,6 +73,12 @@ def problem_scores(counts: pd.DataFrame, n: int, k: int = 1) -> pd.DataFrame:
     return frame.pivot_table(index="problem_id", columns="seed", values="score", aggfunc="mean").sort_index()
 
 
+def paired_tables(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Two (problems x seeds) score tables restricted to their shared problems, as float arrays."""
+    shared = a.index.intersection(b.index)
+    return a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
+
+
 def _resample_seeds(table: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """(n_boot, problems) means over a resample of ``table``'s seed columns."""
     seeds = rng.integers(0, table.shape[1], size=(n_boot, table.shape[1]))
@@ -82,13 +88,12 @@ def _resample_seeds(table: np.ndarray, rng: np.random.Generator, n_boot: int) ->
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, sign: int, margin: float,
                       n_boot: int = N_BOOT, seed: int = 0) -> Difference:
     """A − B of two (problems x seeds) score tables over their shared problems."""
-    shared = a.index.intersection(b.index)
-    if len(shared) == 0:
+    ta, tb = paired_tables(a, b)
+    if len(ta) == 0:
         raise ValueError(f"{what}: the two methods share no problems")
-    ta, tb = a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
     rng = np.random.default_rng(seed)
     ma, mb = _resample_seeds(ta, rng, n_boot), _resample_seeds(tb, rng, n_boot)
-    problems = rng.integers(0, len(shared), size=(n_boot, len(shared)))
+    problems = rng.integers(0, len(ta), size=(n_boot, len(ta)))
     diffs = np.take_along_axis(ma - mb, problems, axis=1).mean(axis=1)
     return _difference(what, float(ta.mean()), float(tb.mean()), diffs, sign, margin)
 
@@ -192,12 +197,11 @@ def random_effects_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, si
     """A − B of two (problems x seeds) score tables over their shared problems, with the
     random-effects variance above and a t interval (Welch–Satterthwaite degrees of freedom).
     Deterministic: no resampling, so no verdict depends on a random-number generator."""
-    shared = a.index.intersection(b.index)
-    if len(shared) < 2:
-        raise ValueError(f"{what}: the two methods share {len(shared)} problems; at least 2 are needed")
-    ta, tb = a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
+    ta, tb = paired_tables(a, b)
+    if len(ta) < 2:
+        raise ValueError(f"{what}: the two methods share {len(ta)} problems; at least 2 are needed")
     per_problem = ta.mean(axis=1) - tb.mean(axis=1)
-    parts = [(per_problem.var(ddof=1) / len(shared), len(shared) - 1)]
+    parts = [(per_problem.var(ddof=1) / len(ta), len(ta) - 1)]
     for table in (ta, tb):
         parts.append((seed_component(table)[0] / table.shape[1], table.shape[1] - 1))
     return _t_interval(what, float(ta.mean()), float(tb.mean()), float(per_problem.mean()), parts, sign, margin)
@@ -217,13 +221,12 @@ def variance_components(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
     that ``projected_se`` can scale them: ``problem`` (the difference's spread over problems, less
     the residual noise), ``residual`` (the two methods' residuals, which shrink with seeds and
     problems), ``seed`` (the two methods' seed components)."""
-    shared = a.index.intersection(b.index)
-    ta, tb = a.loc[shared].to_numpy(float), b.loc[shared].to_numpy(float)
+    ta, tb = paired_tables(a, b)
     (sa, ra), (sb, rb) = seed_component(ta), seed_component(tb)
     spread = (ta.mean(axis=1) - tb.mean(axis=1)).var(ddof=1)
     problem = max(0.0, spread - ra / ta.shape[1] - rb / tb.shape[1])
     return {"problem": float(problem), "residual": float((ra + rb) / 2), "seed": float((sa + sb) / 2),
-            "n_problems": len(shared), "seeds_a": ta.shape[1], "seeds_b": tb.shape[1]}
+            "n_problems": len(ta), "seeds_a": ta.shape[1], "seeds_b": tb.shape[1]}
 
 
 def projected_se(components: dict[str, float], seeds_a: int, n_problems: int, seeds_b: int | None = None) -> float:
