@@ -340,6 +340,35 @@ def check_benchmark_rows(rows: list[dict]) -> list[Problem]:
 
 
 # -- loaders -----------------------------------------------------------------------------------------
+def check_splits(splits: dict[str, list[dict]]) -> None:
+    """Each split in the schema (SFT rows have a ``completion``, the others are benchmark rows), and
+    no question in two splits, compared as the prompts the model sees. ``ValueError`` names the pair."""
+    prompts = {}
+    for name, rows in splits.items():
+        if rows and "completion" in rows[0]:
+            check_sft_rows(rows)
+            prompts[name] = {r["prompt"] for r in rows}
+        else:
+            prompts[name] = {p.prompt for p in check_benchmark_rows(rows)}
+    names = list(prompts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if prompts[a] & prompts[b]:
+                raise ValueError(f"splits {a!r} and {b!r} share a question")
+
+
+def write_splits(splits: dict[str, list[dict]], out_dir: str | Path, record: dict) -> None:
+    """``<split>.jsonl`` per split (one sorted-key JSON object a line) and ``generate_run.json``
+    (``record`` plus the row counts), after ``check_splits``."""
+    from gift_lite.results import write_json, write_text  # results imports pandas; loaders need not
+
+    check_splits(splits)
+    for name, rows in splits.items():
+        write_text(Path(out_dir) / f"{name}.jsonl",
+                   "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows))
+    write_json(Path(out_dir) / "generate_run.json", {**record, "rows": {n: len(r) for n, r in splits.items()}})
+
+
 def _hub_rows(spec: HubDataset, limit: int | None, offset: int) -> list[dict]:
     """Rows from the hub, converted to the schema. With ``limit`` the split is streamed and cut."""
     from datasets import load_dataset  # imported here: only hub users pay for it

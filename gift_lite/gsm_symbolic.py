@@ -21,15 +21,14 @@ as ``\\boxed{N}``, so the grader reads it); the others hold ``{id, problem, answ
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gift_lite.data import check_benchmark_rows, check_sft_rows, math_prompt
+from gift_lite import data
+from gift_lite.data import math_prompt
 from gift_lite.repro import repo_root
-from gift_lite.results import write_json, write_text
 
 GENERATOR = "reasoning-gym==0.1.25"
 FOLDER = "data/gsm_symbolic"
@@ -110,29 +109,11 @@ def generate(config: GSMSymbolicConfig = GSMSymbolicConfig()) -> dict[str, list[
     return splits
 
 
-def check_splits(splits: dict[str, list[dict]]) -> None:
-    """Each split in the schema, and no question in two splits (compared as the prompts the model sees)."""
-    check_sft_rows(splits["sft"])
-    for name in ("rl", "test_id", "test_ood"):
-        check_benchmark_rows(splits[name])
-    prompts = {name: {math_prompt(r["problem"]) for r in splits[name]} for name in ("rl", "test_id", "test_ood")}
-    prompts["sft"] = {r["prompt"] for r in splits["sft"]}
-    names = list(prompts)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            if prompts[a] & prompts[b]:
-                raise ValueError(f"splits {a!r} and {b!r} share a question")
-
-
 def write_splits(splits: dict[str, list[dict]], config: GSMSymbolicConfig, out_dir: Path) -> None:
-    check_splits(splits)
-    for name, rows in splits.items():
-        write_text(Path(out_dir) / f"{name}.jsonl",
-                   "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows))
-    write_json(Path(out_dir) / "generate_run.json",
-               {"generator": GENERATOR, "licence": "Apache-2.0", "config": asdict(config),
-                "command": "python -m gift_lite.gsm_symbolic", "rows": {n: len(r) for n, r in splits.items()},
-                "id_templates": "0-49 (reasoning-gym tasks_ok)", "ood_templates": "50-99 (reasoning-gym tasks_ok)"})
+    data.write_splits(splits, out_dir, {
+        "generator": GENERATOR, "licence": "Apache-2.0", "config": asdict(config),
+        "command": "python -m gift_lite.gsm_symbolic",
+        "id_templates": "0-49 (reasoning-gym tasks_ok)", "ood_templates": "50-99 (reasoning-gym tasks_ok)"})
 
 
 def main(argv: list[str] | None = None) -> int:

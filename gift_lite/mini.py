@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, PrinterCallback
 
 from gift_lite.evaluate import (EvalSettings, evaluate_task, merged_state_dict, response_token_metrics,
                                 weight_geometry)
@@ -27,7 +27,7 @@ from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adap
 from gift_lite.repro import seed_everything
 from gift_lite.results import atomic_write, check_writable, long_rows, write_csv
 from gift_lite.rewards import countdown_reward_func
-from gift_lite.rl import GRPOSettings, grpo_config, reward_curve, run_grpo
+from gift_lite.rl import GRPOSettings, ValidationCurve, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.unified import UNIFIED, grpo_parts
 from gift_lite.units import (adapter_dir, check_unit_settings, one_thread, problem_counts, recorded_settings_match,
@@ -239,41 +239,6 @@ def _geometry_rows(a, b, name: str) -> list[dict]:
             {"split": "", "metric": f"{name}/l2", "value": geo["l2"]}]
 
 
-def validation_counts(model, tokenizer, world: World, settings: EvalSettings, *, seed: int) -> list[dict]:
-    """Correct samples per validation problem, out of ``settings.curve_samples`` each."""
-    _, _, correct = evaluate_task(model, tokenizer, world.val, num_samples=settings.curve_samples, ks=(1,),
-                                  temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                                  batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True,
-                                  share_prompts=settings.share_prompts)
-    return problem_counts(world.val, correct)
-
-
-class ValidationCurve(TrainerCallback):
-    """Validation pass@1 before training and every ``settings.curve_every`` optimizer steps.
-
-    Sampling forks the RNG (``evaluate.sample_completions``), so the training run draws the same
-    numbers with or without this callback.
-    """
-
-    def __init__(self, world: World, tokenizer, settings: EvalSettings, seed: int):
-        self.world, self.tokenizer, self.settings, self.seed = world, tokenizer, settings, seed
-        self.rows: list[dict] = []  # step, val_pass@1
-        self.counts: list[dict] = []  # step, problem_id, correct
-
-    def _record(self, model, step: int) -> None:
-        counts = validation_counts(model, self.tokenizer, self.world, self.settings, seed=self.seed + step)
-        self.counts += [{"step": step, **row} for row in counts]
-        value = sum(row["correct"] for row in counts) / (len(counts) * self.settings.curve_samples)
-        self.rows.append({"step": step, "val_pass@1": value})
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._record(model, 0)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.settings.curve_every == 0:
-            self._record(model, state.global_step)
-
-
 # -- units of work ------------------------------------------------------------------------------------
 def load_base(base_dir: Path, settings: MiniSettings):
     """The frozen base to compare a policy with: ``None`` under LoRA (the adapter-disabled model is it)."""
@@ -405,7 +370,7 @@ def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int,
     per-problem counts (both empty when ``settings.eval.curve_every`` is 0). A ReLIFT run's curve
     has a column ``sft_step``: whether an SFT step followed that RL step."""
     rl = rl or settings.rl
-    callbacks = [ValidationCurve(world, tokenizer, settings.eval, seed)] if settings.eval.curve_every else []
+    callbacks = [ValidationCurve(world.val, tokenizer, settings.eval, seed)] if settings.eval.curve_every else []
     parts = {"reward_func": countdown_reward_func}
     if method in UNIFIED:
         expert_of = {p.prompt: expert_solution(p) for p in world.rl}

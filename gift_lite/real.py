@@ -45,13 +45,12 @@ from gift_lite.data import load_sft
 from gift_lite.evaluate import EvalSettings, evaluate_task, gold_probs, response_token_metrics
 from gift_lite.heads import fsdp_sharded
 from gift_lite.models import LoraSettings, add_lora, save_adapter
-from gift_lite.real_data import (RealData, filter_by_length, load_data, load_policy, load_tokenizer, resolve_model,
-                                 score, with_chat_template)
+from gift_lite.real_data import (REWARDS, RealData, filter_by_length, load_data, load_policy, load_tokenizer,
+                                 resolve_model, score, with_chat_template)
 from gift_lite.real_settings import (INF, MIN_FREE_MB, PER_UNIT_FIELDS, REAL_PRESETS, TINY_MODEL, RealSettings,
                                      resolve_source, run_name)
 from gift_lite.repro import seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
-from gift_lite.math_rewards import math_reward_func
 from gift_lite.rl import grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
@@ -125,7 +124,7 @@ def tokens_since(trainer, key: str, resume: str | None) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *, seed: int,
-                        progress: bool = False, counts: list[dict] | None = None) -> list[dict]:
+                        progress: bool = False, counts: list[dict] | None = None, reward_fn=score) -> list[dict]:
     """pass@k per benchmark (``<name>/pass@k``) and averaged over each split's benchmarks (``pass@k``).
 
     ``truncated`` (same layout): the share of samples cut off at ``max_new_tokens`` before EOS, so a
@@ -137,7 +136,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks, settings: EvalSettings, *,
         metrics, _, correct = evaluate_task(
             model, tokenizer, problems, num_samples=settings.num_samples, ks=settings.ks,
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-            seed=seed, reward_fn=score, progress=progress, report_truncated=True, return_samples=True,
+            seed=seed, reward_fn=reward_fn, progress=progress, report_truncated=True, return_samples=True,
             share_prompts=settings.share_prompts)
         if counts is not None:
             counts += problem_counts(problems, correct, split=split)
@@ -167,7 +166,7 @@ def init_config(settings: RealSettings, output_dir: str, seed: int, **overrides)
 
 
 def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[dict], seed: int, out_dir: Path,
-                      *, checkpoints: Path | None = None, **config_overrides) -> dict:
+                      *, checkpoints: Path | None = None, callbacks: list | None = None, **config_overrides) -> dict:
     """Train one LoRA/QLoRA initialiser with ``GIFTTrainer`` and save the adapter to ``out_dir``.
 
     Returns ``train/loss``, ``train/rows``, ``train/rows_at_max_length`` (rows TRL cut to
@@ -187,7 +186,7 @@ def train_initialiser(settings: RealSettings, model_path: str, sft_rows: list[di
         resume = last_checkpoint(checkpoints)
         config = init_config(settings, output_dir, seed, **saving(settings, checkpoints), **config_overrides)
         trainer = GIFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(sft_rows),
-                              processing_class=tokenizer)
+                              processing_class=tokenizer, callbacks=callbacks)
         trainer.remove_callback(PrinterCallback)
         parallel = check_parallelism(trainer.accelerator)
         with measure() as stats:
@@ -244,13 +243,14 @@ def _save_trained_adapter(trainer, out_dir: Path) -> None:
 
 
 def evaluate_unit(model, tokenizer, data: RealData, settings: EvalSettings, *, seed: int, data_dir: Path,
-                  stage: str, method: str, beta: float, compare: bool = True) -> list[dict]:
+                  stage: str, method: str, beta: float, compare: bool = True, reward_fn=score) -> list[dict]:
     """``evaluate_benchmarks`` plus, with held-out expert rows, ``entropy`` (and with ``compare``
     ``kl_to_base`` and ``topk_overlap``, the adapter switched off as the base) on that text, as the
     miniature measures them (``mini.evaluate_policy``). Per-problem counts go to
     ``units/<stage>_problems/<key>.csv``."""
     counts: list[dict] = []
-    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings, seed=seed, counts=counts)
+    rows = evaluate_benchmarks(model, tokenizer, data.benchmarks, settings, seed=seed, counts=counts,
+                               reward_fn=reward_fn)
     if data.expert:
         metrics = response_token_metrics(model, None, tokenizer, [r["prompt"] for r in data.expert],
                                          [r["completion"] for r in data.expert], compare=compare, batch_size=8)
@@ -280,7 +280,7 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
     data = with_chat_template(data, tokenizer, settings.chat_template)
     rows = evaluate_unit(model, tokenizer, data, settings.eval, seed=0, data_dir=data_dir, stage="base",
-                         method="base", beta=0.0, compare=False)
+                         method="base", beta=0.0, compare=False, reward_fn=REWARDS[settings.reward][0])
     rows += model_rows(model, settings.init.lora)
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
@@ -334,7 +334,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
                               checkpoints=checkpoint_dir(data_dir, "init", key))
     model, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter)
     rows = evaluate_unit(model, tokenizer, data, settings.eval, seed=seed, data_dir=data_dir, stage="init",
-                         method=method, beta=beta)
+                         method=method, beta=beta, reward_fn=REWARDS[settings.reward][0])
     rows += [{"split": "", "metric": "train/loss", "value": stats["train/loss"]},
              {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
              {"split": "", "metric": "train/rows_too_long", "value": dropped},
@@ -344,6 +344,34 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     write_csv(path, frame)
     shutil.rmtree(checkpoint_dir(data_dir, "init", key), ignore_errors=True)
     return frame
+
+
+def train_grpo(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, seed: int, method: str,
+               key: str, *, stage: str = "rl", callbacks: list | None = None):
+    """GRPO from the initialiser ``key`` (``method="rl_only"``: fresh adapters on the base), resuming at
+    the last checkpoint under ``<stage>``. Returns the trainer, the policy, its tokenizer, ``data``
+    in the chat template, the wall-time stats and the checkpoint it resumed from."""
+    if method == "rl_only":
+        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
+        seed_everything(seed)
+        policy = add_lora(policy, settings.init.lora)
+    else:
+        adapter = adapter_dir(data_dir, "init", key)
+        if not (adapter / "adapter_config.json").exists():  # git keeps no real-model weights: retrain it
+            train_initialiser(settings, model_path, init_rows(settings, model_path, data), seed, adapter)
+        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter, trainable=True)
+    data = with_chat_template(data, tokenizer, settings.chat_template)
+    checkpoints = checkpoint_dir(data_dir, stage, key)
+    with output_folder(checkpoints) as output_dir:
+        resume = last_checkpoint(checkpoints)
+        config = grpo_config(settings.rl, output_dir, seed=seed, disable_tqdm=True,
+                             gradient_accumulation_steps=settings.rl_gradient_accumulation_steps,
+                             use_cpu=not torch.cuda.is_available(), **saving(settings, checkpoints))
+        with measure() as stats:
+            trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), REWARDS[settings.reward][1],
+                               config, resume_from_checkpoint=resume, share_prompts=settings.rl.share_prompts,
+                               callbacks=callbacks)
+    return trainer, policy, tokenizer, data, stats, resume
 
 
 def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, seed: int,
@@ -357,31 +385,14 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     path = unit_path(data_dir, "rl", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
-    if method == "rl_only":
-        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit)
-        seed_everything(seed)
-        policy = add_lora(policy, settings.init.lora)
-    else:
-        adapter = adapter_dir(data_dir, "init", key)
-        if not (adapter / "adapter_config.json").exists():  # git keeps no real-model weights: retrain it
-            train_initialiser(settings, model_path, init_rows(settings, model_path, data), seed, adapter)
-        policy, tokenizer = load_policy(model_path, four_bit=settings.four_bit, adapter=adapter, trainable=True)
-    data = with_chat_template(data, tokenizer, settings.chat_template)
-    checkpoints = checkpoint_dir(data_dir, "rl", key)
-    with output_folder(checkpoints) as output_dir:
-        resume = last_checkpoint(checkpoints)
-        config = grpo_config(settings.rl, output_dir, seed=seed, disable_tqdm=True,
-                             gradient_accumulation_steps=settings.rl_gradient_accumulation_steps,
-                             use_cpu=not torch.cuda.is_available(), **saving(settings, checkpoints))
-        with measure() as stats:
-            trainer = run_grpo(policy.train(), tokenizer, Dataset.from_list(data.rl), math_reward_func, config,
-                               resume_from_checkpoint=resume, share_prompts=settings.rl.share_prompts)
+    trainer, policy, tokenizer, data, stats, resume = train_grpo(settings, model_path, data, data_dir, seed,
+                                                                 method, key)
     curve = reward_curve(trainer)
     tokens = tokens_since(trainer, "num_tokens", resume)
     save_adapter(policy, adapter_dir(data_dir, "rl", key))
     policy.eval()
     rows = evaluate_unit(policy, tokenizer, data, settings.eval, seed=seed, data_dir=data_dir, stage="rl",
-                         method=method, beta=beta)
+                         method=method, beta=beta, reward_fn=REWARDS[settings.reward][0])
     rows.append({"split": "", "metric": "rl/reward", "value": float(curve["reward"].mean())})
     rows.append({"split": "", "metric": "rl/frac_reward_zero_std",
                  "value": float(curve["frac_reward_zero_std"].mean())})
@@ -391,8 +402,9 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     write_csv(unit_path(data_dir, "rl_curves", key), curve)
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(data_dir, "rl", key), ignore_errors=True)
     return frame
+
 
 def unit_settings(settings: RealSettings, method: str, beta: float) -> RealSettings:
     """``settings`` for one (method, beta) of the grid (method, beta and seeds are per unit)."""
@@ -453,9 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--out", type=Path, required=True, help="folder for the adapter and stats.json")
     run = sub.add_parser("run", help="every unit of a preset's run (finished units are skipped)")
     run.add_argument("--preset", default="mini", choices=sorted(REAL_PRESETS))
+    select = sub.add_parser("select", help="a preset's selection stage (β*, SFT epochs, GRPO steps; resumes)")
+    select.add_argument("--preset", default="arith", choices=sorted(REAL_PRESETS))
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return run_preset(args.preset)
+    if args.command in ("run", "select"):
+        return run_preset(args.preset, select=args.command == "select")
 
     settings = REAL_PRESETS[args.preset]
     changes = {k: v for k, v in (("model", args.model), ("sft_data", args.sft_data), ("method", args.method),
@@ -488,15 +502,21 @@ def run_dir(preset: str, settings: RealSettings) -> Path:
     from gift_lite.presets import resolve_preset  # presets imports the miniature's settings
 
     scratch = preset == "smoke" or settings.model == TINY_MODEL
-    return resolve_preset("smoke" if scratch else preset).data_dir(run_name(settings))
+    return resolve_preset("smoke" if scratch else "mini").data_dir(run_name(settings))  # mini, gpu: data/
 
 
-def run_preset(preset: str) -> int:
-    """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other."""
+def run_preset(preset: str, *, select: bool = False) -> int:
+    """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other;
+    ``select``: its selection stage instead (``real_selection``), which prints what it chose."""
     settings = REAL_PRESETS[preset]
     data_dir = run_dir(preset, settings)
     torch.set_num_threads(min(2, os.cpu_count() or 1))  # the run's numbers were measured on 2 threads
     check_writable(data_dir, min_free_mb=MIN_FREE_MB)
+    if select:
+        from gift_lite.real_selection import run_selection  # it imports this module
+
+        print(json.dumps(run_selection(settings, load_data(settings), data_dir)), flush=True)
+        return 0
     for key in run_all(settings, load_data(settings), data_dir):
         print(key, flush=True)
     return 0

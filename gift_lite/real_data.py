@@ -19,7 +19,8 @@ from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, 
 from gift_lite.models import load_adapter, load_base
 from gift_lite.repro import repo_root
 from gift_lite.real_settings import TINY_MODEL, RealSettings, resolve_source
-from gift_lite.math_rewards import choice_reward, math_reward
+from gift_lite.arith import arith_reward, arith_reward_func
+from gift_lite.math_rewards import choice_reward, math_reward, math_reward_func
 from gift_lite.world import set_special_tokens
 
 # ---------------------------------------------------------------------------------------------
@@ -186,3 +187,12 @@ def score(completion: str, problem: Problem) -> float:
     if problem.choices:
         return choice_reward(completion, problem.answer)
     return math_reward(completion, problem.answer)
+
+
+def arith_score(completion: str, problem: Problem) -> float:
+    """``reward_fn`` for ``evaluate_task`` on integer-answer tasks (``arith.arith_reward``)."""
+    return arith_reward(completion, problem.answer)
+
+
+# Each ``RealSettings.reward``: (the benchmark scorer, the GRPO reward function), one grader for both.
+REWARDS = {"math": (score, math_reward_func), "arith": (arith_score, arith_reward_func)}

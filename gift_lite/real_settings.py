@@ -22,6 +22,7 @@ PER_UNIT_FIELDS = ("method", "beta", "seeds", "save_steps", "init_runs", "rl_run
 MIN_FREE_MB = 1024  # ours: free disk a run's folder needs (adapters; checkpoints with optimizer states)
 TINY_MODEL = "tiny-local"  # settings.model value: build the CPU stand-in instead of loading a hub model
 SAMPLES = "data/samples"
+REWARD_NAMES = ("math", "arith")  # real_data.REWARDS
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,22 @@ class RealInitSettings:
     max_grad_norm: float = 1.0  # official SFT script
     gradient_checkpointing: bool = True  # ours: activations of 2k-token sequences on a 16 GB card
     lora: LoraSettings = LoraSettings()  # r=16, alpha=32 on all projections (models.py)
+
+
+@dataclass(frozen=True)
+class RealSelection:
+    """The budgets a protocol chooses before its grid (``real.run_selection``): SFT's epochs on
+    held-out expert text, GRPO's steps on RL only's validation curve (as the miniature chooses them)."""
+
+    validation_data: str  # prompts of the RL-only validation curve, disjoint from every other split
+    max_epochs: int = 4  # ours: SFT trained this long, held-out NLL after each epoch
+    rl_max_steps: int = 40  # ours: RL only trained this long, validated every ``curve_every`` steps
+    curve_every: int = 5
+    curve_samples: int = 4  # samples per validation prompt at the rollout temperature
+
+
+# What the selection stage chooses: left out of the selection folder's settings guard.
+SELECTED_FIELDS = ("init.num_train_epochs", "rl.max_steps")
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,13 @@ class RealSettings:
     rl_runs: tuple[tuple[str, float], ...] = ()  # (method, beta) of each GRPO start
     rl_seeds: tuple[int, ...] | None = None  # None: every seed in ``seeds``
     n_expert_eval: int = 0  # SFT rows after the training slice, held out for entropy / KL / top-K overlap
+    reward: str = "math"  # grader of evaluation and GRPO: "math" (the paper's boxed answer) or "arith" (arith.py)
+    folder: str | None = None  # the run's folder under data/ (None: real_<model>)
+    select: RealSelection | None = None  # a selection stage before the grid (None: budgets fixed by hand)
+
+    def __post_init__(self):
+        if self.reward not in REWARD_NAMES:
+            raise ValueError(f"reward={self.reward!r} is not one of {REWARD_NAMES}")
 
     def init_units(self) -> list[tuple[str, float, int]]:
         """(method, beta, seed) of every initialiser unit; beta is inf for every method but gift."""
@@ -124,9 +148,27 @@ CPU_REAL = RealSettings(
     init_runs=(("sft", INF), ("gift", CPU_BETA_STAR), ("gift", DEFAULT_BETA), ("gift", 1.0)),
     rl_runs=(("sft", INF), ("gift", CPU_BETA_STAR)), rl_seeds=(0,))
 
+# The second real-model protocol (data/real_arith/PROTOCOL.md fixes every value below and says why):
+# the same model on arithmetic with headroom (gift_lite.arith), graded by arith.arith_reward. The
+# values marked "selection" are chosen by its selection stage (real_selection.py) before the grid.
+ARITH = "data/arith"
+ARITH_REAL = replace(
+    CPU_REAL, folder="real_arith", reward="arith",
+    sft_data=f"{ARITH}/sft.jsonl", n_sft=128, n_expert_eval=32, rl_data=f"{ARITH}/rl.jsonl", n_rl=None,
+    id_benchmarks=(f"{ARITH}/test_id.jsonl",), ood_benchmarks=(f"{ARITH}/test_products.jsonl",
+                                                              f"{ARITH}/test_letters.jsonl"), n_eval=None,
+    beta=2.7,  # selection: suggest_beta on the base (units/beta)
+    init=replace(CPU_REAL.init, num_train_epochs=1.0, max_length=256),  # epochs: selection
+    eval=EvalSettings(num_samples=4, ks=(1, 2, 4), temperature=0.6, max_new_tokens=96, batch_size=64,
+                      share_prompts=True),
+    rl=replace(CPU_REAL.rl, max_completion_length=96, max_steps=20),  # max_steps: selection
+    select=RealSelection(validation_data=f"{ARITH}/validation.jsonl"),
+    seeds=(0, 1), init_runs=(("sft", INF), ("gift", 2.7), ("gift", 8.0)),
+    rl_runs=(("rl_only", INF), ("sft", INF), ("gift", 2.7), ("gift", 8.0)), rl_seeds=None)
+
 # Which real settings each preset name selects: smoke runs the random stand-in in seconds, mini
 # the real small model on the CPU (its units are committed), gpu a Qwen2.5 base on one GPU.
-REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL}
+REAL_PRESETS: dict[str, RealSettings] = {"smoke": SMOKE_REAL, "mini": CPU_REAL, "gpu": GPU_REAL, "arith": ARITH_REAL}
 
 
 # Notebook 06's parameters, the names ``configure`` takes (None: keep the preset's value).
@@ -195,8 +237,8 @@ def describe(settings: RealSettings) -> str:
 
 
 def run_name(settings: RealSettings) -> str:
-    """Folder name under data/: ``real_<model>``, e.g. ``real_qwen2.5-0.5b`` or ``real_tiny-local``."""
-    return "real_" + settings.model.rstrip("/").split("/")[-1].lower()
+    """Folder name under data/: ``settings.folder``, else ``real_<model>`` (``real_qwen2.5-0.5b``)."""
+    return settings.folder or "real_" + settings.model.rstrip("/").split("/")[-1].lower()
 
 
 def resolve_source(source: str) -> str:

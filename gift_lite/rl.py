@@ -8,15 +8,18 @@ sizes, steps and the learning rate change between the miniature and real models.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import pandas as pd
-from transformers import PrinterCallback
+from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from gift_lite.evaluate import prompts_shared_in_generate
+from gift_lite.evaluate import EvalSettings, countdown_score, evaluate_task, prompts_shared_in_generate
 from gift_lite.models import cuda_bf16, fp32_adapters_kept, trainable_parameters
+from gift_lite.results import write_csv
+from gift_lite.units import problem_counts
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
-    ``callbacks``: extra ``TrainerCallback``s (``mini.ValidationCurve``, benchmark step timers).
+    ``callbacks``: extra ``TrainerCallback``s (``ValidationCurve``, benchmark step timers).
     ``share_prompts``: rollouts run each prompt through the policy once for its whole group
     (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work.
     QLoRA adapters keep their fp32 values (``models.fp32_adapters_kept``), as in ``GIFTTrainer``.
@@ -91,3 +94,54 @@ def reward_curve(trainer: GRPOTrainer) -> pd.DataFrame:
              "frac_reward_zero_std": log.get("frac_reward_zero_std", float("nan"))}
             for log in trainer.state.log_history if "reward" in log]
     return pd.DataFrame(rows, columns=["step", "reward", "frac_reward_zero_std"])
+
+
+def validation_counts(model, tokenizer, problems, settings: EvalSettings, *, seed: int,
+                      reward_fn: Callable = countdown_score) -> list[dict]:
+    """Correct samples per validation problem, out of ``settings.curve_samples`` each."""
+    _, _, correct = evaluate_task(model, tokenizer, problems, num_samples=settings.curve_samples, ks=(1,),
+                                  temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                                  batch_size=settings.batch_size, seed=seed, progress=False, return_samples=True,
+                                  share_prompts=settings.share_prompts, reward_fn=reward_fn)
+    return problem_counts(problems, correct)
+
+
+class ValidationCurve(TrainerCallback):
+    """Validation pass@1 before training and every ``settings.curve_every`` optimizer steps (the
+    miniature's and the real model's GRPO step budget is chosen on this curve).
+
+    Sampling forks the RNG (``evaluate.sample_completions``), so the training run draws the same
+    numbers with or without this callback.
+    """
+
+    def __init__(self, problems, tokenizer, settings: EvalSettings, seed: int, reward_fn: Callable = countdown_score,
+                 counts_file: Path | None = None):
+        self.problems, self.tokenizer, self.settings, self.seed = problems, tokenizer, settings, seed
+        self.reward_fn, self.counts_file = reward_fn, counts_file
+        self.counts: list[dict] = []  # step, problem_id, correct
+        if counts_file is not None and Path(counts_file).exists():  # a resumed run keeps its earlier points
+            self.counts = pd.read_csv(counts_file).to_dict("records")
+
+    @property
+    def rows(self) -> list[dict]:
+        """``{step, val_pass@1}`` per validation point, in step order."""
+        frame = pd.DataFrame(self.counts, columns=["step", "problem_id", "correct"])
+        per_step = frame.groupby("step")["correct"].sum() / (frame.groupby("step").size() * self.settings.curve_samples)
+        return [{"step": int(step), "val_pass@1": float(v)} for step, v in per_step.items()]
+
+    def _record(self, model, step: int) -> None:
+        if any(row["step"] == step for row in self.counts):
+            return
+        counts = validation_counts(model, self.tokenizer, self.problems, self.settings, seed=self.seed + step,
+                                   reward_fn=self.reward_fn)
+        self.counts += [{"step": step, **row} for row in counts]
+        if self.counts_file is not None:
+            write_csv(self.counts_file, pd.DataFrame(self.counts))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:  # not when resuming at a checkpoint
+            self._record(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.settings.curve_every == 0:
+            self._record(model, state.global_step)

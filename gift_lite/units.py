@@ -58,9 +58,18 @@ ADDED_FIELDS: dict[str, dict] = {
 }
 
 
+# The same for a real-model run's top-level fields (``RealSettings``).
+REAL_ADDED_FIELDS: dict = {"reward": "math", "folder": None, "select": None}
+
+
 def with_added_fields(recorded: dict) -> dict:
     """``recorded`` (a config dict) with every field of ``ADDED_FIELDS`` it lacks set to its old value."""
-    out = {**ADDED_FIELDS[""], **recorded} if "world" in recorded and "init" in recorded else dict(recorded)
+    if "world" in recorded and "init" in recorded:
+        out = {**ADDED_FIELDS[""], **recorded}
+    elif "model" in recorded and "init" in recorded:
+        out = {**REAL_ADDED_FIELDS, **recorded}
+    else:
+        out = dict(recorded)
     for section, fields in ADDED_FIELDS.items():
         if section and isinstance(out.get(section), dict):
             out[section] = {**fields, **out[section]}

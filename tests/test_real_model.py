@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 
 from gift_lite import gsm_symbolic, models, real, real_data, real_settings, smollm2
-from gift_lite.data import chat_prompt, load_benchmark, load_sft, math_prompt
+from gift_lite.data import chat_prompt, check_splits, load_benchmark, load_sft, math_prompt
 from gift_lite.evaluate import suggest_beta
 from gift_lite.models import add_lora
 from gift_lite.repro import repo_root
@@ -43,7 +43,7 @@ def test_the_chain_of_thought_ends_in_a_boxed_answer_the_grader_reads():
 def test_committed_splits_are_valid_disjoint_and_as_recorded():
     splits = {name: [json.loads(line) for line in (GSM / f"{name}.jsonl").read_text().splitlines()]
               for name in ("sft", "rl", "test_id", "test_ood")}
-    gsm_symbolic.check_splits(splits)  # schema, and no question in two splits
+    check_splits(splits)  # schema, and no question in two splits
     record = json.loads((GSM / "generate_run.json").read_text())
     assert record["generator"] == gsm_symbolic.GENERATOR
     assert {n: len(r) for n, r in splits.items()} == record["rows"]
@@ -59,11 +59,11 @@ def test_committed_splits_are_valid_disjoint_and_as_recorded():
 def test_check_splits_refuses_a_question_in_two_splits():
     row = {"id": "a", "problem": "What is 2 + 2?", "answer": "4", "choices": None}
     sft = [{"prompt": math_prompt("What is 2 + 2?"), "completion": "4"}]
-    with pytest.raises(ValueError, match="splits 'rl' and 'sft' share a question"):
-        gsm_symbolic.check_splits({"sft": sft, "rl": [row], "test_id": [], "test_ood": []})
+    with pytest.raises(ValueError, match="splits 'sft' and 'rl' share a question"):
+        check_splits({"sft": sft, "rl": [row], "test_id": [], "test_ood": []})
     other = {"sft": [{"prompt": "p", "completion": "c"}], "rl": [row], "test_id": [dict(row, id="b")], "test_ood": []}
     with pytest.raises(ValueError, match="'rl' and 'test_id' share a question"):
-        gsm_symbolic.check_splits(other)
+        check_splits(other)
 
 
 # -- SmolLM2 from its package ------------------------------------------------------------------------

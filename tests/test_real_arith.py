@@ -1,0 +1,149 @@
+"""The second real-model protocol: its data (gift_lite.arith), grader, preset and selection stage."""
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from gift_lite import arith, real, real_data, real_selection, real_settings
+from gift_lite.data import check_splits, load_benchmark, load_sft, math_prompt
+from gift_lite.real_settings import INF, RealSelection
+from gift_lite.repro import repo_root
+
+ARITH = repo_root() / arith.FOLDER
+SPLITS = ("test_id", "validation", "rl", "sft", "test_products", "test_letters")
+
+
+# -- the expert template and the grader ---------------------------------------------------------------
+def test_chain_solution_writes_one_line_per_operation():
+    assert arith.chain_solution("4 - 5 - 3", "-4") == "4 - 5 = -1\n-1 - 3 = -4\nThe answer is \\boxed{-4}."
+    assert arith.chain_solution("7 + 0", "7") == "7 + 0 = 7\nThe answer is \\boxed{7}."
+    with pytest.raises(ValueError, match="evaluates to 6, but answer='5'"):
+        arith.chain_solution("1 + 5", "5")
+    with pytest.raises(ValueError, match="expression='3 \\* 4' is not a chain"):
+        arith.chain_solution("3 * 4", "12")
+
+
+@pytest.mark.parametrize("completion,answer,reward", [
+    ("4 - 5 = -1\n-1 - 3 = -4\nThe answer is \\boxed{-4}.", "-4", 1.0),
+    ("The answer is \\boxed{ -4 }", "-4", 1.0),
+    ("The letter appears 3 times in the text.", "3", 1.0),  # no box: the last integer
+    ("3 + 4 = 7, so it is 7 and then 8", "7", 0.0),  # the last integer is 8
+    ("\\boxed{7} ... and 9 more words", "7", 1.0),  # a box wins over later numbers
+    ("\\boxed{x+1}", "1", 0.0),  # a box that is no integer is no answer
+    ("no number at all", "3", 0.0),
+    ("\\boxed{12", "12", 1.0),  # an unterminated box is no box: the last integer is read
+    ("", "0", 0.0),
+])
+def test_arith_reward(completion, answer, reward):
+    assert arith.arith_reward(completion, answer) == reward
+
+
+def test_arith_reward_func_reads_chat_completions():
+    completions = [[{"role": "assistant", "content": "\\boxed{3}"}], "so 4"]
+    assert arith.arith_reward_func(completions, ["3", "5"]) == [1.0, 0.0]
+
+
+def test_constant_guess():
+    assert arith.constant_guess(["1", "2", "1", "3"]) == ("1", 0.5)
+
+
+# -- the committed splits --------------------------------------------------------------------------------
+def read_splits(folder):
+    return {name: [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()] for name in SPLITS}
+
+
+def test_committed_splits_are_disjoint_and_as_recorded():
+    splits = read_splits(ARITH)
+    check_splits(splits)  # schema, and no question in two splits
+    record = json.loads((ARITH / "generate_run.json").read_text())
+    assert record["generator"] == arith.GENERATOR and record["rows"] == {n: len(r) for n, r in splits.items()}
+    assert len(splits["test_id"]) >= 200 and len(load_sft(ARITH / "sft.jsonl")[0]) == len(splits["sft"])
+    families = {name: {r["id"].rsplit("-", 1)[0] for r in rows} for name, rows in splits.items()}
+    assert families == {**{n: {"chain_sum"} for n in ("test_id", "validation", "rl", "sft")},
+                        "test_products": {"products"}, "test_letters": {"letter_counting"}}
+    for row in splits["sft"]:  # every expert solution ends at its problem's own answer
+        expression = row["prompt"].split(": ", 1)[1].split(" =")[0]
+        assert row["completion"] == arith.chain_solution(expression, row["completion"].split("{")[-1][:-2])
+    problems = load_benchmark(ARITH / "test_letters.jsonl")
+    assert record["constant_guess"]["test_letters"]["accuracy"] == round(
+        arith.constant_guess([p.answer for p in problems])[1], 4)
+
+
+def test_the_generator_rewrites_the_committed_bytes(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    assert arith.main(["--out", str(tmp_path)]) == 0
+    for path in sorted(ARITH.glob("*")):
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_the_generator_names_a_family_that_runs_out(monkeypatch):
+    pytest.importorskip("reasoning_gym")
+    with pytest.raises(ValueError, match="products has 100 distinct questions left for split 'test_products'"):
+        arith.generate(replace(arith.ArithConfig(), n_test_products=101))
+
+
+# -- the preset and its selection stage ------------------------------------------------------------------
+def test_the_arith_preset_uses_its_own_folder_grader_and_splits():
+    settings = real_settings.REAL_PRESETS["arith"]
+    assert settings.reward == "arith" and real.run_dir("arith", settings).name == "real_arith"
+    data = real_data.load_data(settings)
+    rows = load_sft(ARITH / "sft.jsonl")[0]
+    assert data.sft == rows[:128] and data.expert == rows[128:160] and len(data.rl) == 640
+    assert [(n, s, len(p)) for n, s, p in data.benchmarks] == [
+        ("test_id", "id", 300), ("test_products", "ood", 100), ("test_letters", "ood", 200)]
+    assert real_data.REWARDS["arith"][0]("so \\boxed{3}", data.benchmarks[0][2][0]) == float(
+        data.benchmarks[0][2][0].answer == "3")
+    with pytest.raises(ValueError, match="reward='exact' is not one of"):
+        replace(settings, reward="exact")
+
+
+def test_pick_epochs_takes_the_lowest_held_out_loss_and_fewer_epochs_on_a_tie():
+    table = pd.DataFrame({"epoch": [0, 1, 2, 3], "heldout_nll": [0.1, 0.5, 0.4, 0.4]})
+    assert real_selection.pick_epochs(table) == 2  # epoch 0 (the base) is no budget
+
+
+def test_pick_steps_is_the_miniatures_budget_rule():
+    rising = pd.DataFrame({"step": [0, 5, 10, 15, 20], "val_pass@1": [0.1, 0.3, 0.5, 0.5, 0.5]})
+    # smoothed (centred 3-point mean): 0.2, 0.3, 0.433, 0.5, 0.5 -> no later value beats step 15's
+    assert real_selection.pick_steps(rising, n_samples=10_000, cap=20) == 15
+    assert real_selection.pick_steps(rising, n_samples=10_000, cap=5) == 5
+
+
+SMOKE = replace(real_settings.SMOKE_REAL, n_expert_eval=2,
+                select=RealSelection(validation_data="data/samples/math_eval.jsonl", max_epochs=2, rl_max_steps=2,
+                                     curve_every=1, curve_samples=2),
+                init=replace(real_settings.SMOKE_REAL.init, max_steps=-1, num_train_epochs=1.0),
+                rl=replace(real_settings.SMOKE_REAL.rl, max_steps=1))
+
+
+def test_the_selection_stage_runs_resumes_and_checks_the_preset(tmp_path):
+    data = real_data.load_data(SMOKE)
+    chosen = real_selection.run_selection(SMOKE, data, tmp_path)
+    sel = tmp_path / "selection" / "units"
+    nll = pd.read_csv(sel / "sft_select" / "sft_betainf_seed0.csv")
+    assert list(nll["epoch"]) == [0, 1, 2] and chosen["epochs"] == real_selection.pick_epochs(nll)
+    curve = pd.read_csv(sel / "rl_select" / "rl_only_betainf_seed0.csv")
+    assert list(curve["step"]) == [0, 1, 2] and curve["val_pass@1"].between(0, 1).all()
+    assert chosen["steps"] in (1, 2) and chosen["beta_star"] > 0
+    assert (sel / "base" / "base.csv").exists() and (sel / "rl_select_curves" / "rl_only_betainf_seed0.csv").exists()
+    written = {p: p.stat().st_mtime_ns for p in sel.rglob("*.csv")}
+    assert real_selection.run_selection(SMOKE, data, tmp_path) == chosen  # finished: nothing is redone
+    assert {p: p.stat().st_mtime_ns for p in sel.rglob("*.csv")} == written
+    held = replace(SMOKE, beta=chosen["beta_star"], init=replace(SMOKE.init, num_train_epochs=float(chosen["epochs"])),
+                   rl=replace(SMOKE.rl, max_steps=chosen["steps"]))
+    assert real_selection.check_preset(held, tmp_path) == []  # the guard leaves the chosen fields out
+    assert real_selection.check_preset(SMOKE, tmp_path)[0].startswith("beta_star: preset 20.0")
+    with pytest.raises(ValueError, match="holds units made with other settings"):
+        real_selection.run_selection(replace(SMOKE, n_sft=5), data, tmp_path)
+
+
+def test_a_run_without_a_selection_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="settings.select is None"):
+        real_selection.run_selection(real_settings.SMOKE_REAL, None, tmp_path)
+
+
+def test_math_prompt_is_the_prompt_of_every_split():
+    row = read_splits(ARITH)["sft"][0]
+    assert row["prompt"] == math_prompt(row["prompt"].split("\n")[0])
