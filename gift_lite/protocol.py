@@ -18,6 +18,7 @@ import pandas as pd
 from gift_lite.evaluate import gold_probs, suggest_beta
 from gift_lite.mini import (INF, MiniSettings, load_policy, rl_start, run_base_unit, train_initialiser, train_rl,
                             worker_world)
+from gift_lite.rl import budget, smoothed_curve, trapezoid_mean  # noqa: F401 (notebooks 02 and 04 call them here)
 from gift_lite.units import check_unit_settings, one_thread, run_pool, unit_path
 from gift_lite.results import write_csv
 from gift_lite.world import World, expert_solution
@@ -202,31 +203,6 @@ def pick_rl_lr(table: pd.DataFrame, last: int) -> float:
     return float(scores.idxmax())
 
 
-def smoothed_curve(table: pd.DataFrame, learning_rate: float) -> pd.DataFrame:
-    """The seed-mean validation curve of ``learning_rate`` and its centred 3-point moving average."""
-    curve = (table[table["learning_rate"] == learning_rate].groupby("step")["val_pass@1"].mean()
-             .sort_index().rename("mean").to_frame())
-    curve["smoothed"] = curve["mean"].rolling(3, center=True, min_periods=1).mean()
-    return curve.reset_index()
-
-
-def budget(curve: pd.DataFrame, n_samples: int, cap: int) -> int:
-    """The first step (after step 0) after which no later smoothed value beats its own by more
-    than one SE.
-
-    ``n_samples``: validation samples behind each seed-mean point (problems x samples x seeds);
-    SE(t) = sqrt(p (1 - p) / n_samples), the binomial bound for fixed problems.
-    """
-    values, steps = curve["smoothed"].to_numpy(), curve["step"].to_numpy()
-    for i, (step, p) in enumerate(zip(steps, values)):
-        if step == 0:  # at least the first evaluation after training starts
-            continue
-        se = math.sqrt(max(p * (1 - p), 0.0) / n_samples)
-        if i == len(values) - 1 or values[i + 1:].max() - p <= se:
-            return int(min(step, cap))
-    return int(cap)
-
-
 def rl_gain(curve: pd.DataFrame, step: int) -> float:
     """Smoothed validation pass@1 at ``step`` minus the (unsmoothed) value at step 0."""
     at = curve.set_index("step")
@@ -248,14 +224,6 @@ def base_check(base_rows: pd.DataFrame, selection: SelectionSettings, k: int = 1
 def prompt_passes(steps: int, prompts_per_step: int, n_prompts: int) -> float:
     """How many times each RL prompt is seen on average."""
     return steps * prompts_per_step / n_prompts
-
-
-def trapezoid_mean(steps, values) -> float:
-    """The mean of a curve over its step range (trapezoid rule): its area divided by its length."""
-    steps, values = np.asarray(steps, float), np.asarray(values, float)
-    if len(steps) < 2:
-        return float(values.mean())
-    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
 
 
 # -- power (data/mini_conf/PROTOCOL.md §6) ----------------------------------------------------------

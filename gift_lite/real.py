@@ -41,7 +41,7 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from gift_lite import models
-from gift_lite.data import load_sft
+from gift_lite.data import chat_prompt, load_benchmark, load_sft
 from gift_lite.evaluate import EvalSettings, evaluate_task, gold_probs, response_token_metrics
 from gift_lite.heads import fsdp_sharded
 from gift_lite.models import LoraSettings, add_lora, save_adapter
@@ -51,7 +51,7 @@ from gift_lite.real_settings import (INF, MIN_FREE_MB, PER_UNIT_FIELDS, REAL_PRE
                                      resolve_source, run_name)
 from gift_lite.repro import seed_everything
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
-from gift_lite.rl import grpo_config, reward_curve, run_grpo
+from gift_lite.rl import ValidationCurve, grpo_config, reward_curve, run_grpo, trapezoid_mean
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
                              output_folder, problem_counts, unit_key, unit_path)
@@ -346,6 +346,35 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     return frame
 
 
+def validation_curve(settings: RealSettings, model_path: str, data_dir: Path, stage: str, key: str,
+                     seed: int) -> ValidationCurve:
+    """The GRPO validation curve of ``settings.select``: pass@1 at the rollout temperature on its
+    validation prompts, at step 0 and every ``curve_every`` steps; its points survive a restart
+    (kept beside the unit's checkpoints)."""
+    select, tokenizer = settings.select, load_tokenizer(model_path)
+    problems = load_benchmark(resolve_source(select.validation_data))
+    if settings.chat_template and getattr(tokenizer, "chat_template", None):
+        problems = [replace(p, rendered=chat_prompt(tokenizer, p.prompt)) for p in problems]
+    curve = EvalSettings(num_samples=select.curve_samples, ks=(1,), temperature=settings.rl.temperature,
+                         max_new_tokens=settings.rl.max_completion_length, batch_size=settings.eval.batch_size,
+                         curve_every=select.curve_every, curve_samples=select.curve_samples,
+                         share_prompts=settings.eval.share_prompts)
+    return ValidationCurve(problems, tokenizer, curve, seed, reward_fn=REWARDS[settings.reward][0],
+                           counts_file=checkpoint_dir(data_dir, stage, key) / "validation_counts.csv")
+
+
+def validation_rows(curve: ValidationCurve) -> list[dict]:
+    """``val/auc`` (trapezoid mean of the curve), ``val/start_reward`` (its step-0 point: the start's
+    reward at the rollout temperature) and ``val/start_mixed_share`` (the share of validation
+    prompts whose samples at step 0 are neither all right nor all wrong: groups GRPO can learn from)."""
+    rows = pd.DataFrame(curve.rows)
+    start = [c["correct"] for c in curve.counts if c["step"] == 0]
+    mixed = float(np.mean([0 < c < curve.settings.curve_samples for c in start]))
+    return [{"split": "", "metric": "val/auc", "value": trapezoid_mean(rows["step"], rows["val_pass@1"])},
+            {"split": "", "metric": "val/start_reward", "value": float(rows["val_pass@1"].iloc[0])},
+            {"split": "", "metric": "val/start_mixed_share", "value": mixed}]
+
+
 def train_grpo(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, seed: int, method: str,
                key: str, *, stage: str = "rl", callbacks: list | None = None):
     """GRPO from the initialiser ``key`` (``method="rl_only"``: fresh adapters on the base), resuming at
@@ -385,8 +414,9 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     path = unit_path(data_dir, "rl", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
-    trainer, policy, tokenizer, data, stats, resume = train_grpo(settings, model_path, data, data_dir, seed,
-                                                                 method, key)
+    curve_callback = validation_curve(settings, model_path, data_dir, "rl", key, seed) if settings.select else None
+    trainer, policy, tokenizer, data, stats, resume = train_grpo(
+        settings, model_path, data, data_dir, seed, method, key, callbacks=[curve_callback] if curve_callback else None)
     curve = reward_curve(trainer)
     tokens = tokens_since(trainer, "num_tokens", resume)
     save_adapter(policy, adapter_dir(data_dir, "rl", key))
@@ -397,6 +427,10 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     rows.append({"split": "", "metric": "rl/frac_reward_zero_std",
                  "value": float(curve["frac_reward_zero_std"].mean())})
     rows += _perf_rows("rl", stats, tokens)
+    if curve_callback:
+        rows += validation_rows(curve_callback)
+        write_csv(unit_path(data_dir, "rl_validation", key),
+                  pd.DataFrame(curve_callback.counts).assign(method=method, beta=beta, seed=seed))
     for name, value in (("seed", seed), ("beta", beta), ("method", method)):
         curve.insert(0, name, value)
     write_csv(unit_path(data_dir, "rl_curves", key), curve)

@@ -24,15 +24,14 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from gift_lite.data import chat_prompt, load_benchmark
-from gift_lite.evaluate import EvalSettings, gold_probs, suggest_beta
-from gift_lite.protocol import budget, smoothed_curve
-from gift_lite.real import run_base_unit, run_beta_unit, train_grpo, train_initialiser
-from gift_lite.real_data import REWARDS, RealData, filter_by_length, load_tokenizer, resolve_model, with_chat_template
+from gift_lite.data import load_benchmark
+from gift_lite.evaluate import gold_probs, suggest_beta
+from gift_lite.real import run_base_unit, run_beta_unit, train_grpo, train_initialiser, validation_curve
+from gift_lite.real_data import RealData, filter_by_length, load_tokenizer, resolve_model, with_chat_template
 from gift_lite.real_settings import INF, PER_UNIT_FIELDS, SELECTED_FIELDS, RealSettings, resolve_source
 from gift_lite.results import write_csv
-from gift_lite.rl import ValidationCurve, reward_curve
-from gift_lite.units import adapter_dir, check_unit_settings, checkpoint_dir, unit_key, unit_path
+from gift_lite.rl import budget, reward_curve, smoothed_curve
+from gift_lite.units import adapter_dir, check_unit_settings, unit_key, unit_path
 
 IGNORED = PER_UNIT_FIELDS + SELECTED_FIELDS
 
@@ -105,13 +104,6 @@ def run_sft_selection(settings: RealSettings, model_path: str, data: RealData, s
     return frame
 
 
-def validation_problems(settings: RealSettings, tokenizer) -> list:
-    problems = load_benchmark(resolve_source(settings.select.validation_data))
-    if settings.chat_template and getattr(tokenizer, "chat_template", None):
-        problems = [replace(p, rendered=chat_prompt(tokenizer, p.prompt)) for p in problems]
-    return problems
-
-
 def run_rl_selection(settings: RealSettings, model_path: str, data: RealData, sel_dir: Path,
                      seed: int = 0) -> pd.DataFrame:
     """RL only for ``select.rl_max_steps`` steps with its validation curve (``units/rl_select/``)."""
@@ -120,15 +112,8 @@ def run_rl_selection(settings: RealSettings, model_path: str, data: RealData, se
     path = unit_path(sel_dir, "rl_select", key)
     if path.exists():
         return pd.read_csv(path)
-    select = settings.select
-    long = replace(settings, method="rl_only", rl=replace(settings.rl, max_steps=select.rl_max_steps))
-    curve_settings = EvalSettings(num_samples=select.curve_samples, ks=(1,), temperature=settings.rl.temperature,
-                                  max_new_tokens=settings.rl.max_completion_length, batch_size=settings.eval.batch_size,
-                                  curve_every=select.curve_every, curve_samples=select.curve_samples,
-                                  share_prompts=settings.eval.share_prompts)
-    callback = ValidationCurve(validation_problems(settings, load_tokenizer(model_path)), load_tokenizer(model_path),
-                               curve_settings, seed, reward_fn=REWARDS[settings.reward][0],
-                               counts_file=checkpoint_dir(sel_dir, "rl_select", key) / "validation_counts.csv")
+    long = replace(settings, method="rl_only", rl=replace(settings.rl, max_steps=settings.select.rl_max_steps))
+    callback = validation_curve(settings, model_path, sel_dir, "rl_select", key, seed)
     trainer = train_grpo(long, model_path, data, sel_dir, seed, "rl_only", key, stage="rl_select",
                          callbacks=[callback])[0]
     write_csv(unit_path(sel_dir, "rl_select_curves", key), reward_curve(trainer).assign(seed=seed))

@@ -7,11 +7,13 @@ sizes, steps and the learning rate change between the miniature and real models.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
@@ -145,3 +147,37 @@ class ValidationCurve(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.settings.curve_every == 0:
             self._record(model, state.global_step)
+
+
+# -- the GRPO step budget on a validation curve (the miniature's protocols and the real model's) -------
+def smoothed_curve(table: pd.DataFrame, learning_rate: float) -> pd.DataFrame:
+    """The seed-mean validation curve of ``learning_rate`` and its centred 3-point moving average."""
+    curve = (table[table["learning_rate"] == learning_rate].groupby("step")["val_pass@1"].mean()
+             .sort_index().rename("mean").to_frame())
+    curve["smoothed"] = curve["mean"].rolling(3, center=True, min_periods=1).mean()
+    return curve.reset_index()
+
+
+def budget(curve: pd.DataFrame, n_samples: int, cap: int) -> int:
+    """The first step (after step 0) after which no later smoothed value beats its own by more
+    than one SE.
+
+    ``n_samples``: validation samples behind each seed-mean point (problems x samples x seeds);
+    SE(t) = sqrt(p (1 - p) / n_samples), the binomial bound for fixed problems.
+    """
+    values, steps = curve["smoothed"].to_numpy(), curve["step"].to_numpy()
+    for i, (step, p) in enumerate(zip(steps, values)):
+        if step == 0:  # at least the first evaluation after training starts
+            continue
+        se = math.sqrt(max(p * (1 - p), 0.0) / n_samples)
+        if i == len(values) - 1 or values[i + 1:].max() - p <= se:
+            return int(min(step, cap))
+    return int(cap)
+
+
+def trapezoid_mean(steps, values) -> float:
+    """The mean of a curve over its step range (trapezoid rule): its area divided by its length."""
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    if len(steps) < 2:
+        return float(values.mean())
+    return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
