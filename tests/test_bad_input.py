@@ -113,3 +113,18 @@ def test_fresh_clears_a_scratch_run(tmp_path):
         (tmp_path / folder / "x.csv").write_text("1\n")
     real.clear_run(tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_a_committed_base_is_never_replaced():
+    """Notebook 08's force_pretrain=True on mini (and settings other than the committed base's)."""
+    from gift_lite import mini
+    from gift_lite.presets import PRESETS
+
+    settings = PRESETS["mini"].mini
+    base_dir = ROOT / "data" / "mini" / "base"
+    if not tracked_files(base_dir):
+        pytest.skip("no committed base here")
+    before = git_status()
+    with pytest.raises(ValueError, match=r"^base_dir='data/mini/base' is a committed base and force_pretrain=True"):
+        mini.ensure_base(None, settings, base_dir, force=True)  # refused before the world is used
+    assert git_status() == before
