@@ -303,7 +303,7 @@ def check_sft_rows(rows: list[dict]) -> tuple[list[dict], int]:
         else:
             skipped += 1
     if not kept:
-        raise ValueError(f"no SFT row has a non-empty completion ({skipped} skipped)")
+        raise ValueError(f"no SFT row has a non-empty completion ({len(rows)} rows, {skipped} with an empty one)")
     return kept, skipped
 
 

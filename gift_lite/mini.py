@@ -24,7 +24,7 @@ from gift_lite.evaluate import (EvalSettings, evaluate_task, merged_state_dict, 
                                 weight_geometry)
 from gift_lite.models import (LoraSettings, TinyModelConfig, add_lora, load_adapter, load_tokenizer,
                               save_adapter)
-from gift_lite.repro import seed_everything
+from gift_lite.repro import seed_everything, tracked_files, without_root
 from gift_lite.results import atomic_write, check_writable, long_rows, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, ValidationCurve, grpo_config, reward_curve, run_grpo
@@ -167,8 +167,16 @@ def base_is_current(base_dir: Path, settings: MiniSettings) -> bool:
 
 
 def ensure_base(world: World, settings: MiniSettings, base_dir: Path, *, force: bool = False) -> dict:
-    """Pretrain the base into ``base_dir`` unless a current one is there; returns ``pretrain.json``."""
+    """Pretrain the base into ``base_dir`` unless a current one is there; returns ``pretrain.json``.
+
+    A committed base (git-tracked files in ``base_dir``) is never replaced: not by ``force``, not by
+    settings it was not made with (a missing one is rebuilt).
+    """
     if force or not base_is_current(base_dir, settings):
+        if (Path(base_dir) / "config.json").exists() and tracked_files(base_dir):
+            raise ValueError(f"base_dir={without_root(str(base_dir))!r} is a committed base and "
+                             f"{'force_pretrain=True' if force else 'these settings differ from its own'} would "
+                             "replace it: pretrain into a folder of your own (a scratch preset)")
         check_writable(Path(base_dir).parent)
         pretrain_base(world, settings.model, settings.pretrain, out_dir=base_dir)
     return json.loads((Path(base_dir) / "pretrain.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gift_lite.evaluate import EvalSettings
 from gift_lite.mini import INF, InitSettings, MiniSettings
+from gift_lite.params import check_injected
 from gift_lite.models import LoraSettings, TinyModelConfig
 from gift_lite.protocol import SelectionSettings
 from gift_lite.repro import repo_root
@@ -119,8 +120,10 @@ PRESETS: dict[str, Preset] = {
 def resolve_preset(name: str | None = None) -> Preset:
     """The preset named by the notebook parameter, else ``$GIFT_PRESET``, else ``mini``.
 
-    Raises ``ValueError`` naming the valid presets for an unknown name or a non-string.
+    Raises ``ValueError`` naming the valid presets for an unknown name or a non-string, and, in a
+    notebook, naming a parameter papermill injected that the notebook does not have.
     """
+    check_injected()
     if name is None:
         name = os.environ.get(ENV_VAR) or DEFAULT
     if not isinstance(name, str) or name not in PRESETS:

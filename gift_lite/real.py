@@ -23,6 +23,7 @@ the data, the scorer) is ``real_data``; resuming at a Trainer checkpoint is ``un
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -48,8 +49,8 @@ from gift_lite.models import LoraSettings, add_lora, save_adapter
 from gift_lite.real_data import (REWARDS, RealData, filter_by_length, load_data, load_policy, load_tokenizer,
                                  resolve_model, score, with_chat_template)
 from gift_lite.real_settings import (INF, MIN_FREE_MB, PER_UNIT_FIELDS, REAL_PRESETS, TINY_MODEL, RealSettings,
-                                     resolve_source, run_name)
-from gift_lite.repro import seed_everything
+                                     configure, resolve_source, run_name)
+from gift_lite.repro import repo_root, seed_everything, tracked_files, without_root
 from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rl import ValidationCurve, grpo_config, reward_curve, run_grpo, trapezoid_mean
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
@@ -481,39 +482,56 @@ def main(argv: list[str] | None = None) -> int:
     (whether the trained weights were FSDP2 shards). A config asking for FSDP or DeepSpeed that
     accelerate did not honour is refused before training (``check_parallelism``).
     """
-    parser = argparse.ArgumentParser(prog="python -m gift_lite.real")
+    from gift_lite.reproduce import HelpFormatter as defaults  # shows each option's default
+
+    parser = argparse.ArgumentParser(prog="python -m gift_lite.real", formatter_class=defaults,
+                                     description="Real models (notebook 06 without the notebook): one SFT/GIFT "
+                                                 "initialiser, or every unit of a preset's run.")
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init", help="train one SFT/GIFT initialiser (LoRA or QLoRA)")
-    init.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS))
+    init = sub.add_parser("init", formatter_class=defaults, help="train one SFT/GIFT initialiser (LoRA or QLoRA)",
+                          description="Train one SFT/GIFT initialiser and save its adapter and stats.json to --out; "
+                                      "runs under `accelerate launch` too (FSDP, DeepSpeed: docs/real_model.md).")
+    init.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS),
+                      help="the settings every option below starts from")
     init.add_argument("--model", help="hub id or local folder (default: the preset's)")
-    init.add_argument("--sft-data", help="registered name or local .jsonl/.json/.parquet")
-    init.add_argument("--n-sft", type=int)
-    init.add_argument("--method", help="loss_type: gift, sft, dft, ...")
-    init.add_argument("--beta", type=float)
-    init.add_argument("--max-steps", type=int)
+    init.add_argument("--sft-data", help="registered name or local .jsonl/.json/.parquet (default: the preset's)")
+    init.add_argument("--n-sft", type=int, help="SFT rows (default: the preset's)")
+    init.add_argument("--method", help="loss_type: gift, sft, dft, ... (default: the preset's)")
+    init.add_argument("--beta", type=float, help="GIFT's inverse temperature, >= 0 or inf (default: the preset's)")
+    init.add_argument("--max-steps", type=int, help="optimizer steps (default: the preset's epochs)")
+    init.add_argument("--learning-rate", type=float, help="SFT/GIFT learning rate (default: the preset's)")
     init.add_argument("--four-bit", action=argparse.BooleanOptionalAction, default=None,
-                      help="NF4 base (QLoRA); use --no-four-bit under FSDP")
+                      help="NF4 base (QLoRA); use --no-four-bit under FSDP (default: the preset's)")
     init.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
-                      help="prompts through the tokenizer's chat template when it has one (default: on)")
-    init.add_argument("--seed", type=int, default=0)
+                      help="prompts through the tokenizer's chat template when it has one (default: the preset's)")
+    init.add_argument("--seed", type=int, default=0, help="LoRA initialisation and data order")
     init.add_argument("--out", type=Path, required=True, help="folder for the adapter and stats.json")
-    run = sub.add_parser("run", help="every unit of a preset's run (finished units are skipped)")
-    run.add_argument("--preset", default="mini", choices=sorted(REAL_PRESETS))
-    select = sub.add_parser("select", help="a preset's selection stage (β*, SFT epochs, GRPO steps; resumes)")
+    run = sub.add_parser("run", formatter_class=defaults, help="every unit of a preset's run (finished units "
+                         "are skipped)", description="Every unit of a preset's run, one after the other; finished "
+                         "units are skipped. smoke writes under scratch/; mini computes the committed "
+                         "data/real_smollm2-135m-instruct/ units that are missing, arith those of "
+                         "data/real_arith/ (hours on 2 cores); gpu needs CUDA.")
+    run.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS))
+    select = sub.add_parser("select", formatter_class=defaults, help="a preset's selection stage (beta*, SFT "
+                            "epochs, GRPO steps; resumes)", description="The selection stage of a preset that has "
+                            "one (arith: data/real_arith/PROTOCOL.md section 3), unit by unit; prints what it chose.")
     select.add_argument("--preset", default="arith", choices=sorted(REAL_PRESETS))
     args = parser.parse_args(argv)
     if args.command in ("run", "select"):
+        try:
+            check_device(args.preset)
+        except ValueError as err:
+            parser.error(str(err))
         return run_preset(args.preset, select=args.command == "select")
 
-    settings = REAL_PRESETS[args.preset]
-    changes = {k: v for k, v in (("model", args.model), ("sft_data", args.sft_data), ("method", args.method),
-                                 ("beta", args.beta), ("four_bit", args.four_bit),
-                                 ("chat_template", args.chat_template)) if v is not None}
-    if args.n_sft is not None:
-        changes["n_sft"] = args.n_sft
-    if args.max_steps is not None:
-        changes["init"] = replace(settings.init, max_steps=args.max_steps)
-    settings = replace(settings, **changes)
+    # One validation for every option: the notebook's (real_settings.PARAMETERS)
+    try:
+        settings = configure(args.preset, model=args.model, sft_data=args.sft_data, n_sft=args.n_sft,
+                             method=args.method, beta=args.beta, init_max_steps=args.max_steps,
+                             init_learning_rate=args.learning_rate, four_bit=args.four_bit,
+                             chat_template=args.chat_template, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
     check_writable(args.out, min_free_mb=MIN_FREE_MB)
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of `accelerate launch`'s
     with state.main_process_first():  # rank 0 builds the tiny stand-in (or fills the hub cache) first
@@ -532,11 +550,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_dir(preset: str, settings: RealSettings) -> Path:
-    """``data/<run_name>`` of a preset; under ``scratch/`` for the random stand-in (its numbers mean nothing)."""
-    from gift_lite.presets import resolve_preset  # presets imports the miniature's settings
+    """The folder of a run's units: ``data/<run_name>`` for a preset's own settings.
 
-    scratch = preset == "smoke" or settings.model == TINY_MODEL
-    return resolve_preset("smoke" if scratch else "mini").data_dir(run_name(settings))  # mini, gpu: data/
+    Under ``scratch/<preset>/data/`` instead: the random stand-in (its numbers mean nothing), and
+    settings other than the preset's (a notebook parameter set, a CLI option): each such set of
+    settings gets a folder of its own, ``<run_name>-<digest of the settings>``, so an exploratory
+    run never adds units to a committed folder and two runs never mix. ``gpu`` without CUDA is
+    refused here, before any folder is made.
+    """
+    check_device(preset)
+    own = settings == REAL_PRESETS[preset]
+    if own and preset != "smoke" and settings.model != TINY_MODEL:
+        return repo_root() / "data" / run_name(settings)
+    name = run_name(settings) + ("" if own else "-" + settings_digest(settings))
+    return repo_root() / "scratch" / preset / "data" / name
+
+
+def figures_dir(data_dir: Path) -> Path:
+    """Where a run's figures go: ``figures/`` beside the ``data/`` that holds ``data_dir``."""
+    return Path(data_dir).parent.parent / "figures"
+
+
+def settings_digest(settings: RealSettings) -> str:
+    """Eight hex digits of the settings' sha256: a run folder's name for one set of settings."""
+    text = json.dumps(settings.config_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def check_device(preset: str) -> None:
+    """Refuse ``preset="gpu"`` without CUDA, in one line, before anything is made or downloaded."""
+    if preset == "gpu" and not torch.cuda.is_available():
+        raise ValueError("preset='gpu' needs a CUDA GPU and torch.cuda.is_available() is False here: use "
+                         "preset='mini' (SmolLM2-135M on the CPU) or 'smoke'")
+
+
+def clear_run(data_dir: Path) -> None:
+    """Delete a run folder's units, adapters and checkpoints (notebook 06's ``fresh=True``).
+
+    Refused for a folder that holds git-tracked files: those are committed results, and no
+    parameter deletes them (a run with other settings trains in a folder of its own: ``run_dir``).
+    """
+    tracked = tracked_files(data_dir)
+    if tracked:
+        raise ValueError(f"fresh=True would delete {len(tracked)} committed files under "
+                         f"{without_root(str(data_dir))}/ (e.g. {tracked[0]}): leave fresh=False to replay "
+                         "them, or change a parameter (seed, beta, ...) to train in a scratch folder of its own")
+    for folder in ("units", "checkpoints", "adapters"):
+        shutil.rmtree(Path(data_dir) / folder, ignore_errors=True)
 
 
 def run_preset(preset: str, *, select: bool = False) -> int:

@@ -14,10 +14,10 @@ from tokenizers import models as tokenizer_models
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from gift_lite import models, smollm2
-from gift_lite.data import (Problem, chat_prompt, check_source, load_benchmark, load_rl_prompts, load_sft,
-                            split_of)
+from gift_lite.data import (Problem, chat_prompt, check_source, is_local, load_benchmark, load_rl_prompts, load_sft,
+                            read_rows, split_of)
 from gift_lite.models import load_adapter, load_base
-from gift_lite.repro import repo_root
+from gift_lite.repro import repo_root, without_root
 from gift_lite.real_settings import TINY_MODEL, RealSettings, resolve_source
 from gift_lite.arith import arith_reward, arith_reward_func
 from gift_lite.math_rewards import choice_reward, math_reward, math_reward_func
@@ -147,8 +147,8 @@ def load_data(settings: RealSettings) -> RealData:
     n_expert = settings.n_expert_eval
     if n_expert and settings.n_sft is None:
         raise ValueError(f"n_expert_eval={n_expert} needs n_sft: the held-out rows follow the training slice")
-    sft, skipped = load_sft(resolve_source(settings.sft_data),
-                            limit=None if settings.n_sft is None else settings.n_sft + n_expert)
+    sft, skipped = _load("sft_data", settings.sft_data, load_sft,
+                         limit=None if settings.n_sft is None else settings.n_sft + n_expert)
     if n_expert and len(sft) < settings.n_sft + n_expert:
         raise ValueError(f"sft_data={settings.sft_data!r} has {len(sft)} usable rows, fewer than "
                          f"n_sft + n_expert_eval = {settings.n_sft + n_expert}")
@@ -156,13 +156,36 @@ def load_data(settings: RealSettings) -> RealData:
     offset = settings.rl_offset
     if offset is None:
         offset = (settings.n_sft or 0) + n_expert if settings.rl_data == settings.sft_data else 0
-    rl = load_rl_prompts(resolve_source(settings.rl_data), limit=settings.n_rl, offset=offset)
+    rl = _load("rl_data", settings.rl_data, load_rl_prompts, limit=settings.n_rl, offset=offset)
+    if not rl:
+        raise ValueError(f"rl_data={settings.rl_data!r} gives no RL prompts: {_rows_note(settings.rl_data)}"
+                         + (f", and the first {offset} are skipped as the SFT slice (rl_data is sft_data)"
+                            if offset and settings.rl_data == settings.sft_data else
+                            f", and the first {offset} are skipped (rl_offset)" if offset else ""))
     benchmarks = []
-    for names, default in ((settings.id_benchmarks, "id"), (settings.ood_benchmarks, "ood")):
+    for arg, names, default in (("id_benchmarks", settings.id_benchmarks, "id"),
+                                ("ood_benchmarks", settings.ood_benchmarks, "ood")):
         for name in names:
-            benchmarks.append((benchmark_name(name), split_of(name, default),
-                               load_benchmark(resolve_source(name), limit=settings.n_eval)))
+            problems = _load(arg, name, load_benchmark, limit=settings.n_eval)
+            if not problems:
+                raise ValueError(f"{arg}: {name!r} has no problems ({_rows_note(name)})")
+            benchmarks.append((benchmark_name(name), split_of(name, default), problems))
     return RealData(sft, skipped, rl, benchmarks, expert=expert)
+
+
+def _load(arg: str, source: str, load, **kwargs):
+    """``load(source, **kwargs)`` with any ``ValueError`` naming the parameter and its value."""
+    try:
+        return load(resolve_source(source), **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{arg}={source!r}: {without_root(str(err))}") from None
+
+
+def _rows_note(source: str) -> str:
+    """``the file has N rows`` for a local file (where a count is cheap), else that the dataset gave none."""
+    if not is_local(source):
+        return "the dataset gave none"
+    return f"the file has {len(read_rows(resolve_source(source)))} rows"
 
 
 def benchmark_name(source: str) -> str:

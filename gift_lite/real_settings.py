@@ -178,9 +178,11 @@ PARAMETERS = {
     "n_rl": Param(int, ge=1, optional=True), "id_benchmarks": Param(str, optional=True),
     "ood_benchmarks": Param(str, optional=True), "n_eval": Param(int, ge=1, optional=True),
     "method": Param(str, choices=tuple(sorted(LOSSES)), optional=True),
-    "beta": Param(float, gt=0, allow_inf=True, optional=True),
+    "beta": Param(float, ge=0, allow_inf=True, optional=True),  # 0: the base's own distribution (gift_loss)
     "init_max_steps": Param(int, ge=1, optional=True), "init_max_length": Param(int, ge=2, optional=True),
+    "init_learning_rate": Param(float, gt=0, optional=True),
     "rl_max_steps": Param(int, ge=1, optional=True), "rl_max_completion_length": Param(int, ge=1, optional=True),
+    "rl_learning_rate": Param(float, gt=0, optional=True),
     "eval_max_new_tokens": Param(int, ge=1, optional=True), "chat_template": Param(bool, optional=True),
     "seed": Param(int, ge=0, optional=True)}
 
@@ -203,6 +205,8 @@ def configure(preset: str, **overrides) -> RealSettings:
     for name, value in overrides.items():
         if value is None:
             continue
+        if PARAMETERS[name].kind is float:  # papermill writes 1 for 1.0
+            value = float(value)
         prefix, _, rest = name.partition("_")
         if name not in top_fields and prefix in nested:  # rl_data is a field of its own, not rl.data
             nested[prefix][rest] = value
@@ -211,7 +215,7 @@ def configure(preset: str, **overrides) -> RealSettings:
         elif name.endswith("benchmarks"):
             top[name] = tuple(s.strip() for s in value.split(",") if s.strip())
         else:
-            top[name] = float(value) if name == "beta" else value
+            top[name] = value
     for prefix, changes in nested.items():
         if changes:
             top[prefix] = replace(getattr(settings, prefix), **changes)

@@ -86,6 +86,20 @@ def run_info(config: dict) -> dict:
             "git_sha": git_sha()}
 
 
+def tracked_files(folder: str | Path) -> list[str]:
+    """The files git tracks under ``folder``, relative to the repository root; ``[]`` outside a
+    checkout or for a folder outside the repository. A clean-up calls it first: committed results
+    are never deleted."""
+    root = repo_root()
+    try:
+        relative = Path(folder).resolve().relative_to(root)
+        listed = subprocess.run(["git", "ls-files", "-z", "--", str(relative)], cwd=root, capture_output=True,
+                                text=True, timeout=30, check=True).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+    return [name for name in listed.split("\0") if name]
+
+
 def file_commit(path: str | Path) -> str:
     """The last commit that changed ``path`` (e.g. a protocol file), or ``unknown`` outside git;
     ``+dirty`` when the file now differs from that commit."""

@@ -1,12 +1,14 @@
 """Batch reproduction: execute the numbered notebooks in order with papermill.
 
 ``python -m gift_lite reproduce --preset mini`` runs ``notebooks/NN_*.ipynb`` one after another and
-writes the executed copies to an output folder (``runs/<preset>/`` by default), never over the
-sources unless ``--in-place``. It shows papermill's progress bar (cells done, elapsed) and one line
+writes the executed copies to an output folder (``scratch/runs/<preset>/`` by default), never over
+the sources unless ``--in-place``. It shows papermill's progress bar (cells done, elapsed) and one line
 per notebook, and stops at the first failing notebook, printing the failing cell and its error.
 
 Running it again continues where it stopped: a notebook is skipped when its executed copy is
-complete (every code cell ran, none raised) and its inputs are unchanged since that run. The
+complete (every code cell ran, none raised), its inputs are unchanged since that run, and every
+result file it wrote (under ``data/``, ``figures/`` or ``scratch/``, recorded with its sha256) is
+still there with those bytes: a deleted or edited output is regenerated. The
 inputs are hashed into ``<output>/reproduce.json``: the notebook's cells (not their outputs), the
 preset, and the git-tracked ``gift_lite/*.py`` (``--in-place`` runs keep their entries there too,
 under ``in-place/``). ``--force`` reruns every selected notebook. The notebooks keep their own
@@ -94,6 +96,37 @@ def is_complete(path: Path) -> bool:
     return True
 
 
+OUTPUT_FOLDERS = ("data", "figures", "scratch")  # where notebooks write result files
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def written_since(start: float) -> dict[str, str]:
+    """``relative path -> sha256`` of every file under ``OUTPUT_FOLDERS`` modified at or after ``start``
+    (a notebook's result files: every writer replaces the file, so its time is the write's)."""
+    root = repo_root()
+    found = {}
+    for folder in OUTPUT_FOLDERS:
+        for path in (root / folder).rglob("*"):
+            if "runs" in path.relative_to(root).parts[:2]:  # executed copies and manifests, not results
+                continue
+            if path.is_file() and path.stat().st_mtime >= start:
+                found[path.relative_to(root).as_posix()] = _sha256(path)
+    return dict(sorted(found.items()))
+
+
+def changed_outputs(entry: dict) -> list[str]:
+    """The recorded outputs of a manifest entry that are missing or hold other bytes; a run recorded
+    before outputs were (no ``outputs`` key) counts as changed."""
+    if "outputs" not in entry:
+        return ["(outputs not recorded)"]
+    root = repo_root()
+    return [name for name, digest in entry["outputs"].items()
+            if not (root / name).is_file() or _sha256(root / name) != digest]
+
+
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     return json.loads(path.read_text()) if path.exists() else {}
@@ -162,7 +195,7 @@ def reproduce(preset: str, only: list[str] | None = None, output: Path | None = 
 
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of {sorted(PRESETS)}")
-    output = Path(output or repo_root() / "runs" / preset)
+    output = Path(output or default_output(preset))
     manifest = read_manifest(output)
     done = []
     for nb in notebooks(only):
@@ -170,12 +203,16 @@ def reproduce(preset: str, only: list[str] | None = None, output: Path | None = 
         key = f"in-place/{nb.name}" if in_place else nb.name
         digest = input_hash(nb, preset)
         entry = manifest.get(key, {})
-        if not force and entry.get("hash") == digest and entry.get("complete") and is_complete(target):
-            log(f"[{preset}] {nb.name} skipped: up to date ({target}; --force reruns it)")
+        current = not force and entry.get("hash") == digest and entry.get("complete") and is_complete(target)
+        changed = changed_outputs(entry) if current else []
+        if current and not changed:
+            log(f"[{preset}] {nb.name} skipped: up to date ({without_root(str(target))}; --force reruns it)")
             done.append((target, "skipped"))
             continue
-        log(f"[{preset}] {nb.name} ...")
+        log(f"[{preset}] {nb.name} ..." + (f" (outputs missing or changed: {', '.join(changed[:3])}"
+                                          f"{' ...' if len(changed) > 3 else ''})" if changed else ""))
         start = time.monotonic()
+        since = time.time()
         try:
             run_notebook(nb, target, preset, progress=progress)
         except PapermillExecutionError as err:
@@ -183,11 +220,17 @@ def reproduce(preset: str, only: list[str] | None = None, output: Path | None = 
             write_json(output / MANIFEST, manifest)
             raise NotebookFailed(nb, target, err.cell_index, err.exec_count, err.source, err.ename,
                                  err.evalue) from None
-        manifest[key] = {"hash": digest, "preset": preset, "complete": is_complete(target)}
+        manifest[key] = {"hash": digest, "preset": preset, "complete": is_complete(target),
+                         "outputs": written_since(since)}
         write_json(output / MANIFEST, manifest)
-        log(f"[{preset}] {nb.name} done in {time.monotonic() - start:.0f} s -> {target}")
+        log(f"[{preset}] {nb.name} done in {time.monotonic() - start:.0f} s -> {without_root(str(target))}")
         done.append((target, "ran"))
     return done
+
+
+def default_output(preset: str) -> Path:
+    """``scratch/runs/<preset>``: the executed copies and the resume manifest (ignored by git)."""
+    return repo_root() / "scratch" / "runs" / preset
 
 
 POWER_SEEDS = (3, 5, 8, 10, 12, 15, 20)  # data/mini_conf/PROTOCOL.md §6: the grid of the power analysis
@@ -210,21 +253,48 @@ def write_power(pilot: Path, out: Path) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless it is None or False (its help says it in words)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+DESCRIPTION = """\
+gift-lite's command line. `reproduce` executes the numbered notebooks with papermill; `power`
+writes the confirmatory protocol's power analysis. The real-model runs have their own entry,
+`python -m gift_lite.real` (`init`: one SFT/GIFT initialiser, also under `accelerate launch`;
+`run`: every unit of a preset's run). Every default writes under scratch/ (ignored by git);
+`--preset mini` refreshes the committed data/ and figures/ (with the committed bytes)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gift_lite")
-    sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="execute the numbered notebooks with papermill")
-    rep.add_argument("--preset", default="mini", choices=sorted(PRESETS))
-    rep.add_argument("--only", nargs="*", metavar="NN", help="notebook numbers to run, e.g. 01 03")
+    defaults = HelpFormatter
+    parser = argparse.ArgumentParser(prog="python -m gift_lite", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,power}")
+    rep = sub.add_parser("reproduce", formatter_class=defaults, help="execute the numbered notebooks with papermill",
+                         description="Execute the numbered notebooks in order on one preset; a notebook whose "
+                                     "inputs and outputs are unchanged since its last complete run is skipped. "
+                                     "smoke (seconds per notebook) writes under scratch/; mini replays the "
+                                     "committed units and rewrites data/ and figures/ with the committed bytes.")
+    rep.add_argument("--preset", default="smoke", choices=sorted(PRESETS), help="the scale of every notebook")
+    rep.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03 (default: all)")
     rep.add_argument("--output", type=Path, help="folder for executed notebooks and the resume manifest "
-                                                  "(default runs/<preset>)")
+                                                  "(default: scratch/runs/<preset>)")
     rep.add_argument("--force", action="store_true", help="rerun notebooks that are up to date")
     rep.add_argument("--in-place", action="store_true",
                      help="write outputs into the committed notebooks (refreshes what readers see); "
                           "the resume manifest stays in the output folder")
-    power = sub.add_parser("power", help="the confirmatory protocol's power analysis from the pilot's units")
+    power = sub.add_parser("power", formatter_class=defaults,
+                           help="the confirmatory protocol's power analysis from the pilot's units",
+                           description="The power analysis of data/mini_conf/PROTOCOL.md §6 from the pilot "
+                                       "protocol's units: power.csv and its run JSON.")
     power.add_argument("--pilot", type=Path, default=Path("data/mini_ft"), help="the pilot protocol's folder")
-    power.add_argument("--out", type=Path, default=Path("data/mini_conf/power.csv"))
+    power.add_argument("--out", type=Path, default=Path("scratch/mini_conf/power.csv"),
+                       help="the CSV to write (notebook 04 writes the committed data/mini_conf/power.csv)")
     args = parser.parse_args(argv)
     if args.command == "power":
         return write_power(args.pilot, args.out)

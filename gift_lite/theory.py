@@ -31,6 +31,10 @@ NOTEBOOK_PARAMETERS = {
     "beta_grid_max": Param(float, gt=1), "n_beta": Param(int, ge=2), "beta": Param(float, gt=0),
     "rl_lambda": Param(float, gt=0), "pass_k": Param(int, ge=1), "pg_steps": Param(int, ge=1),
     "pg_learning_rate": Param(float, gt=0), "interactive": FLAG}
+# The parameters cell's values (tests/test_params.py checks that they agree). Some of the notebook's
+# checks hold at these values only (the policy-gradient simulation reaching its limit in pg_steps).
+NOTEBOOK_DEFAULTS = dict(seed=0, vocab_size=12, p_gold=0.05, beta_grid_max=30.0, n_beta=60, beta=1.0, rl_lambda=2.0,
+                         pass_k=8, pg_steps=400, pg_learning_rate=2.0, interactive=True)
 
 # ---------------------------------------------------------------------------------------------
 # Distributions

@@ -100,6 +100,9 @@ class GIFTConfig(SFTConfig):
             raise ValueError(f"reference_cache_topk={topk!r} must be None or an int >= 0, with reference_cache set")
         if not isinstance(self.official_grad_accumulation, bool):
             raise ValueError(f"official_grad_accumulation={self.official_grad_accumulation!r} must be a bool")
+        lr = self.learning_rate  # 0 trains nothing without a word; a negative rate fails deep inside torch
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning_rate={lr!r} must be a finite number > 0")
         if not (isinstance(self.psft_refresh_steps, int) and self.psft_refresh_steps >= 1):
             raise ValueError(f"psft_refresh_steps={self.psft_refresh_steps!r} must be an int >= 1")
         if self.bf16 is None:  # TRL defaults to bf16 everywhere; on CPU that only slows training down

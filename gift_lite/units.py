@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gift_lite.repro import without_root
 from gift_lite.results import RESULT_COLUMNS, write_json
 
 
@@ -43,8 +44,9 @@ def check_unit_settings(data_dir: Path, settings, ignore: tuple[str, ...] = ("wo
     if not path.exists():
         write_json(path, _settings_without(settings.config_dict(), ignore))
     elif not recorded_settings_match(data_dir, settings, ignore):
-        raise ValueError(f"data_dir={str(data_dir)!r} holds units made with other settings "
-                         f"({path.name}); use another folder or delete its units/, adapters/ and checkpoints/")
+        raise ValueError(f"data_dir={without_root(str(data_dir))!r} holds units made with other settings "
+                         f"({path.name}): units of different settings never share a folder, so give this run "
+                         "one of its own")
 
 
 # Fields added after committed runs were recorded, with the value those runs had implicitly:

@@ -10,11 +10,12 @@ PIN = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(==.+)$")
 
 
 def pyproject_pins() -> dict[str, str]:
+    """``name -> ==spec`` of every pinned requirement (the core's and the colab extra's ranges aside)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     specs = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         specs += extra
-    return dict(PIN.match(s).groups() for s in specs)
+    return dict(PIN.match(s).groups() for s in specs if PIN.match(s))
 
 
 def environment_pins() -> dict[str, str]:
@@ -26,10 +27,39 @@ def environment_pins() -> dict[str, str]:
     return pins
 
 
-def test_every_dependency_is_pinned():
+def test_core_and_colab_take_ranges_and_the_replay_extra_pins_them():
+    """The core and the colab extra take ranges (a Colab runtime keeps its own torch, transformers,
+    numpy, pandas); the replay extra pins each of their packages, and the lock lies inside both."""
+    from packaging.requirements import Requirement
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for spec in project["dependencies"]:
-        assert PIN.match(spec), f"{spec!r} is not pinned with =="
+    extras = project["optional-dependencies"]
+    ranged = [Requirement(s) for s in project["dependencies"] + extras["colab"]]
+    replay = {Requirement(s).name for s in extras["replay"]}
+    for req in ranged:
+        assert req.name in replay, f"{req.name} has no pin in the replay extra"
+        assert req.name == "trl" or any(spec.operator == ">=" for spec in req.specifier), str(req)
+    assert {"torch", "transformers", "numpy", "pandas"} <= {r.name for r in ranged}
+
+
+def test_trainer_needs_no_notebook_package():
+    """A user who wants GIFTTrainer in their own TRL code installs the core only: no papermill,
+    ipykernel, gguf or JupyterLab there, and `import gift_lite.trainer` loads none of the notebooks'
+    packages (bitsandbytes aside: transformers and peft load it when it is installed)."""
+    import subprocess
+    import sys
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    for name in ("papermill", "ipykernel", "gguf", "jupyterlab", "matplotlib", "math-verify", "ipywidgets"):
+        assert name not in core, name
+    notebook_only = ("papermill", "ipykernel", "gguf", "jupyterlab", "matplotlib", "math_verify", "ipywidgets",
+                     "nbformat")
+    code = ("import sys, gift_lite.trainer, gift_lite.losses; "
+            f"print(sorted(m for m in {notebook_only!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}).stdout.strip()
+    assert loaded == "[]", loaded
 
 
 def test_environment_yml_matches_pyproject():

@@ -1,5 +1,6 @@
 """Notebook parameters: a wrong type or value fails in the config cell, naming the valid values."""
 
+import ast
 import math
 
 import nbformat
@@ -7,7 +8,7 @@ import papermill as pm
 import pytest
 
 from gift_lite import real_settings, theory
-from gift_lite.params import FLAG, SEED, Param, check_parameters
+from gift_lite.params import FLAG, SEED, Param, assigned_names, check_injected, check_parameters, unknown_injected
 from gift_lite.repro import repo_root
 
 
@@ -38,10 +39,25 @@ def test_error_names_every_bad_parameter_and_its_valid_values():
         check_parameters(spec, typo=1)
 
 
-def test_theory_defaults_pass_their_own_check():
-    """The parameter cell's defaults (read from notebook 01) satisfy its spec."""
-    check_parameters(theory.NOTEBOOK_PARAMETERS, seed=0, vocab_size=12, p_gold=0.05, beta_grid_max=30.0, n_beta=60,
-                     beta=1.0, rl_lambda=2.0, pass_k=8, pg_steps=400, pg_learning_rate=2.0, interactive=True)
+def test_theory_defaults_are_the_parameter_cell_and_pass_their_own_check():
+    """``theory.NOTEBOOK_DEFAULTS`` (behind the checks that hold at the defaults only) is notebook 01's
+    parameters cell, and satisfies its spec."""
+    source = repo_root() / "notebooks" / "01_zero_vs_finite_temperature.ipynb"
+    cell = next(c for c in nbformat.read(source, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    values = {k: ast.literal_eval(v) for k, v in assigned_names(cell.source).items() if k != "preset"}
+    assert values == theory.NOTEBOOK_DEFAULTS
+    check_parameters(theory.NOTEBOOK_PARAMETERS, **theory.NOTEBOOK_DEFAULTS)
+
+
+def test_an_injected_parameter_the_notebook_lacks_is_named():
+    """papermill's injected cell (``# Parameters``) follows the parameters cell in the kernel's history."""
+    history = ["", "preset = None  # a comment\nseed = 0", "# Parameters\nseed = 3\nlearning_rate = -1\nlr = 2\n",
+               "x = 1"]
+    assert unknown_injected(history) == {"learning_rate": "-1", "lr": "2"}
+    with pytest.raises(ValueError, match=r"^unknown notebook parameters learning_rate=-1, lr=2: not in"):
+        check_injected(history)
+    check_injected(history[:2] + history[3:])  # nothing injected: no error
+    check_injected([])  # outside a kernel
 
 
 def test_configure_checks_types_and_applies_values():
@@ -54,10 +70,10 @@ def test_configure_checks_types_and_applies_values():
         real_settings.configure("smoke", n_sft="100")
     with pytest.raises(ValueError, match=r"method='gfit' must be one of \['asft', 'dft', 'gift'"):
         real_settings.configure("smoke", method="gfit")
-    with pytest.raises(ValueError, match=r"beta=-1.0 must be a float > 0"):
+    with pytest.raises(ValueError, match=r"beta=-1.0 must be a float >= 0"):
         real_settings.configure("smoke", beta=-1.0)
-    with pytest.raises(ValueError, match=r"init_learning_rate.* not among the known ones"):
-        real_settings.configure("smoke", init_learning_rate=1e-3)
+    with pytest.raises(ValueError, match=r"learning_rate.* not among the known ones"):
+        real_settings.configure("smoke", learning_rate=1e-3)
 
 
 def test_configure_takes_every_documented_parameter():
@@ -78,6 +94,7 @@ BAD = {
     "09_lora_initialisers": ({"preset": "tiny"}, "preset='tiny' is not one of ['gpu', 'mini', 'smoke']"),
     "06_real_model": ({"n_sft": 0.5}, "n_sft=0.5 must be an int >= 1, or None"),
     "07_paper_tables": ({"include_stand_in": 1}, "include_stand_in=1 must be True or False, or None"),
+    "02_protocol": ({"learning_rate": -1}, "unknown notebook parameter learning_rate=-1"),
 }
 
 

@@ -133,3 +133,53 @@ def test_is_complete_wants_every_code_cell_run_without_error(tmp_path):
     nbformat.write(nb, path)
     assert not reproduce.is_complete(path)
     assert not reproduce.is_complete(tmp_path / "missing.ipynb")
+
+
+def test_a_deleted_or_edited_output_is_regenerated(world, monkeypatch, tmp_path):
+    """`make reproduce` after a result file was deleted runs its notebook again, not "up to date"."""
+    folder, out, lines = world
+    monkeypatch.setattr(reproduce, "repo_root", lambda: tmp_path)
+    result = tmp_path / "data" / "a.csv"
+    write_notebook(folder / "01_a.ipynb", logging_cell(tmp_path / "log.txt", "01_a")
+                   + f"\nimport pathlib\np = pathlib.Path({str(result)!r})\np.parent.mkdir(exist_ok=True)\n"
+                     "p.write_text('x\\n')")
+    run(out)
+    assert json.loads((out / reproduce.MANIFEST).read_text())["01_a.ipynb"]["outputs"] == {
+        "data/a.csv": reproduce._sha256(result)}
+    assert [s for _, s in run(out)] == ["skipped", "skipped"]
+    result.unlink()
+    assert [s for _, s in run(out)] == ["ran", "skipped"] and result.read_text() == "x\n"
+    result.write_text("edited\n")
+    assert [s for _, s in run(out)] == ["ran", "skipped"] and result.read_text() == "x\n"
+    assert [line.split()[0] for line in lines()] == ["01_a", "02_b", "01_a", "01_a"]
+
+
+def test_cli_explains_itself_and_defaults_to_scratch(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--help"])
+    text = capsys.readouterr().out
+    assert "python -m gift_lite.real" in text and "reproduce" in text and "power" in text
+    with pytest.raises(SystemExit):
+        reproduce.main(["reproduce", "--help"])
+    assert "(default: smoke)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(["reproduce", "--only"])
+    assert err.value.code == 2 and "--only: expected at least one argument" in capsys.readouterr().err
+    assert reproduce.default_output("mini").relative_to(reproduce.repo_root()).parts[0] == "scratch"
+    with pytest.raises(SystemExit):
+        reproduce.main(["power", "--help"])
+    assert "(default: scratch/mini_conf/power.csv)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_make_help_lists_every_target():
+    import os
+    import re
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+    make = (reproduce.repo_root() / "Makefile").read_text()
+    phony = re.search(r"^\.PHONY: (.+)$", make, re.M).group(1).split()
+    shown = subprocess.run(["make", "--no-print-directory", "help"], cwd=reproduce.repo_root(), capture_output=True,
+                           text=True, timeout=30, check=True, env=env).stdout
+    assert [line.split()[1] for line in shown.splitlines()] == phony
+    assert all(re.search(rf"^{t}:", make, re.M) for t in phony)  # no target without a recipe (test-fast was one)
