@@ -512,17 +512,21 @@ def main(argv: list[str] | None = None) -> int:
                          "data/real_smollm2-135m-instruct/ units that are missing, arith those of "
                          "data/real_arith/ (hours on 2 cores); gpu needs CUDA.")
     run.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS))
+    run.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster while the other core is busy)")
     select = sub.add_parser("select", formatter_class=defaults, help="a preset's selection stage (beta*, SFT "
                             "epochs, GRPO steps; resumes)", description="The selection stage of a preset that has "
                             "one (arith: data/real_arith/PROTOCOL.md section 3), unit by unit; prints what it chose.")
     select.add_argument("--preset", default="arith", choices=sorted(REAL_PRESETS))
+    select.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster while the other core is busy)")
     args = parser.parse_args(argv)
     if args.command in ("run", "select"):
         try:
             check_device(args.preset)
         except ValueError as err:
             parser.error(str(err))
-        return run_preset(args.preset, select=args.command == "select")
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: must be at least 1")
+        return run_preset(args.preset, select=args.command == "select", threads=args.threads)
 
     # One validation for every option: the notebook's (real_settings.PARAMETERS)
     try:
@@ -599,12 +603,13 @@ def clear_run(data_dir: Path) -> None:
         shutil.rmtree(Path(data_dir) / folder, ignore_errors=True)
 
 
-def run_preset(preset: str, *, select: bool = False) -> int:
+def run_preset(preset: str, *, select: bool = False, threads: int = 2) -> int:
     """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other;
-    ``select``: its selection stage instead (``real_selection``), which prints what it chose."""
+    ``select``: its selection stage instead (``real_selection``), which prints what it chose.
+    ``threads``: torch's threads (the GSM-Symbolic run used 2; on a loaded 2-core machine 1 is faster)."""
     settings = REAL_PRESETS[preset]
     data_dir = run_dir(preset, settings)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))  # the run's numbers were measured on 2 threads
+    torch.set_num_threads(min(threads, os.cpu_count() or 1))
     check_writable(data_dir, min_free_mb=MIN_FREE_MB)
     if select:
         from gift_lite.real_selection import run_selection  # it imports this module
