@@ -175,7 +175,9 @@ def test_slow_parts_share_one_deadline():
 def test_expensive_answer_is_cut_off_by_the_time_limit():
     start = time.monotonic()  # sympy would work on this for minutes without a limit
     assert math_reward("\\boxed{9^{9^{9^{9}}}}", "12", timeout_s=0.5) == 0.0
-    assert time.monotonic() - start < 3.0
+    # Without the limit this takes minutes; with it, the limit plus a worker's restart. The bound
+    # only separates the two: 5 s were seen on a 2-core machine at load 8, so it is generous.
+    assert time.monotonic() - start < 30.0
     assert math_reward("\\boxed{2\\sqrt{2}}", "\\sqrt{8}") == 1.0  # a fresh worker answers the next call
 
 
