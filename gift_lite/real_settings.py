@@ -152,19 +152,20 @@ CPU_REAL = RealSettings(
 # the same model on arithmetic with headroom (gift_lite.arith), graded by arith.arith_reward. The
 # values marked "selection" are chosen by its selection stage (real_selection.py) before the grid.
 ARITH = "data/arith"
+ARITH_BETA_STAR = 2.1  # selection: suggest_beta on the base's expert-token probabilities (units/beta), 2 s.f.
 ARITH_REAL = replace(
     CPU_REAL, folder="real_arith", reward="arith",
     sft_data=f"{ARITH}/sft.jsonl", n_sft=128, n_expert_eval=32, rl_data=f"{ARITH}/rl.jsonl", n_rl=None,
     id_benchmarks=(f"{ARITH}/test_id.jsonl",), ood_benchmarks=(f"{ARITH}/test_products.jsonl",
                                                               f"{ARITH}/test_letters.jsonl"), n_eval=None,
-    beta=2.7,  # selection: suggest_beta on the base (units/beta)
+    beta=ARITH_BETA_STAR,
     init=replace(CPU_REAL.init, num_train_epochs=1.0, max_length=256),  # epochs: selection
     eval=EvalSettings(num_samples=4, ks=(1, 2, 4), temperature=0.6, max_new_tokens=96, batch_size=64,
                       share_prompts=True),
     rl=replace(CPU_REAL.rl, max_completion_length=96, max_steps=20),  # max_steps: selection
     select=RealSelection(validation_data=f"{ARITH}/validation.jsonl"),
-    seeds=(0, 1), init_runs=(("sft", INF), ("gift", 2.7), ("gift", 8.0)),
-    rl_runs=(("rl_only", INF), ("sft", INF), ("gift", 2.7), ("gift", 8.0)), rl_seeds=None)
+    seeds=(0, 1), init_runs=(("sft", INF), ("gift", ARITH_BETA_STAR), ("gift", 8.0)),
+    rl_runs=(("rl_only", INF), ("sft", INF), ("gift", ARITH_BETA_STAR), ("gift", 8.0)), rl_seeds=None)
 
 # Which real settings each preset name selects: smoke runs the random stand-in in seconds, mini
 # the real small model on the CPU (its units are committed), gpu a Qwen2.5 base on one GPU.

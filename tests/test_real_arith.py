@@ -147,3 +147,11 @@ def test_a_run_without_a_selection_stage_is_refused(tmp_path):
 def test_math_prompt_is_the_prompt_of_every_split():
     row = read_splits(ARITH)["sft"][0]
     assert row["prompt"] == math_prompt(row["prompt"].split("\n")[0])
+
+
+def test_the_arith_preset_holds_what_the_committed_selection_chose():
+    """β*, SFT's epochs and GRPO's steps in the preset are those of the committed selection units
+    (a choice whose unit is not committed yet is not compared)."""
+    settings = real_settings.REAL_PRESETS["arith"]
+    assert real_selection.check_preset(settings, repo_root() / "data" / settings.folder) == []
+    assert (repo_root() / "data" / settings.folder / "selection" / "units" / "beta" / "gold_probs.csv").exists()
