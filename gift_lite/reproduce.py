@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from gift_lite.presets import ENV_VAR, PRESETS
+from gift_lite import repro
 from gift_lite.repro import repo_root, without_root
 from gift_lite.results import write_json, write_text
 
@@ -66,9 +67,7 @@ def package_files() -> list[Path]:
 
 def notebook_cells(path: Path) -> list[dict]:
     """The cells' type, source and tags: what a run executes, without outputs or counters."""
-    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-    return [{"type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
-             "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in cells]
+    return repro.notebook_cells(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def input_hash(source: Path, preset: str) -> str:
