@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -189,6 +190,59 @@ def reproduce(preset: str, only: list[str] | None = None, output: Path | None = 
     return done
 
 
+# -- how long each notebook takes (data/timings.csv, the README's notebook table) ------------------------
+TIMINGS = Path("data/timings.csv")
+
+
+def machine() -> str:
+    """The machine in words: the CPU model and its core count, e.g. ``AMD EPYC 7B13, 2 cores``."""
+    model = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def record_timings(presets: list[str], only: list[str] | None = None, out: Path | None = None, *,
+                   log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run every selected notebook on each preset (executed copies under ``runs/timings/<preset>/``;
+    the committed notebooks are left alone) and write ``data/timings.csv``: per notebook and preset
+    its wall time in seconds, the 1-minute load average when it started and the machine. Under
+    ``mini`` with the committed units this is the replay, which trains nothing."""
+    import pandas as pd
+
+    from gift_lite.results import write_csv
+
+    rows = []
+    for preset in presets:
+        for nb in notebooks(only):
+            load = os.getloadavg()[0]
+            start = time.monotonic()
+            run_notebook(nb, repo_root() / "runs" / "timings" / preset / nb.name, preset, progress=False)
+            rows.append({"notebook": nb.stem, "preset": preset, "seconds": round(time.monotonic() - start),
+                         "load_before": round(load, 1), "machine": machine()})
+            log(f"[{preset}] {nb.name}: {rows[-1]['seconds']} s (load {load:.1f})")
+    table = pd.DataFrame(rows)
+    write_csv(out or repo_root() / TIMINGS, table)
+    return table
+
+
+def timings_table(table) -> str:
+    """``data/timings.csv`` as the README's Markdown table: one row per notebook, one column per preset."""
+    wide = table.pivot(index="notebook", columns="preset", values="seconds")
+    presets = [p for p in ("smoke", "mini", "gpu") if p in wide.columns]
+    heads = {"smoke": "smoke (s)", "mini": "mini replay (s)", "gpu": "gpu (s)"}
+    lines = ["| notebook | " + " | ".join(heads[p] for p in presets) + " |",
+             "|---|" + "---:|" * len(presets)]
+    lines += [f"| `{name}` | " + " | ".join(f"{wide.loc[name, p]:.0f}" for p in presets) + " |" for name in wide.index]
+    loads = table.groupby("preset")["load_before"].agg(["min", "max"])
+    notes = "; ".join(f"{p} at load {loads.loc[p, 'min']:g}–{loads.loc[p, 'max']:g}" for p in presets)
+    return "\n".join(lines) + f"\n\nMeasured on {table['machine'].iloc[0]} ({notes}).\n"
+
+
 POWER_SEEDS = (3, 5, 8, 10, 12, 15, 20)  # data/mini_conf/PROTOCOL.md §6: the grid of the power analysis
 POWER_PROBLEMS = (200, 500, 1000)
 
@@ -221,12 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--in-place", action="store_true",
                      help="write outputs into the committed notebooks (refreshes what readers see); "
                           "the resume manifest stays in the output folder")
+    timings = sub.add_parser("timings", help="time every notebook on each preset into data/timings.csv")
+    timings.add_argument("--presets", nargs="+", default=["smoke", "mini"], choices=sorted(PRESETS))
+    timings.add_argument("--only", nargs="*", metavar="NN", help="notebook numbers to time (default: all)")
     power = sub.add_parser("power", help="the confirmatory protocol's power analysis from the pilot's units")
     power.add_argument("--pilot", type=Path, default=Path("data/mini_ft"), help="the pilot protocol's folder")
     power.add_argument("--out", type=Path, default=Path("data/mini_conf/power.csv"))
     args = parser.parse_args(argv)
     if args.command == "power":
         return write_power(args.pilot, args.out)
+    if args.command == "timings":
+        record_timings(args.presets, args.only, log=lambda line: print(line, flush=True))
+        return 0
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         done = reproduce(args.preset, args.only, args.output, args.in_place, args.force, log=log)

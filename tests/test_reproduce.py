@@ -133,3 +133,20 @@ def test_is_complete_wants_every_code_cell_run_without_error(tmp_path):
     nbformat.write(nb, path)
     assert not reproduce.is_complete(path)
     assert not reproduce.is_complete(tmp_path / "missing.ipynb")
+
+
+def test_timings_are_recorded_per_notebook_and_preset_and_shown_as_one_table(tmp_path, monkeypatch):
+    from gift_lite import reproduce
+
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebook", lambda nb, target, preset, progress=True: ran.append((nb.name, preset)))
+    out = tmp_path / "timings.csv"
+    table = reproduce.record_timings(["smoke", "mini"], only=["01", "07"], out=out, log=lambda line: None)
+    assert ran == [("01_zero_vs_finite_temperature.ipynb", "smoke"), ("07_paper_tables.ipynb", "smoke"),
+                   ("01_zero_vs_finite_temperature.ipynb", "mini"), ("07_paper_tables.ipynb", "mini")]
+    assert list(table.columns) == ["notebook", "preset", "seconds", "load_before", "machine"]
+    assert out.read_text().splitlines()[0] == "notebook,preset,seconds,load_before,machine"
+    text = reproduce.timings_table(table.assign(seconds=[3, 5, 20, 40]))
+    assert text.splitlines()[:4] == ["| notebook | smoke (s) | mini replay (s) |", "|---|---:|---:|",
+                                     "| `01_zero_vs_finite_temperature` | 3 | 20 |", "| `07_paper_tables` | 5 | 40 |"]
+    assert f"Measured on {reproduce.machine()}" in text
