@@ -150,7 +150,7 @@ def test_units_and_claims_at_smoke_scale(tmp_path):
     from gift_lite import sensitivity  # the same comparisons under the other intervals, read after the run
 
     intervals = sensitivity.intervals_table(data, 1.0, settings.betas, k_large=max(settings.eval.ks))
-    judged = intervals.merge(table, on=["claim", "part", "comparison"])  # every row of the claims table ...
+    judged = intervals.drop(columns=["diff", "detectable"]).merge(table, on=["claim", "part", "comparison"])  # every row ...
     assert len(judged) == len(table) and len(intervals) == len(table) + 1  # ... and OOD before RL
     assert (judged["random effects low"] == judged["low"]).all() and (judged["random effects high"] == judged["high"]).all()
     assert (judged["detectable_t"] >= judged["detectable"]).all()

@@ -150,3 +150,17 @@ def test_timings_are_recorded_per_notebook_and_preset_and_shown_as_one_table(tmp
     assert text.splitlines()[:4] == ["| notebook | smoke (s) | mini replay (s) |", "|---|---:|---:|",
                                      "| `01_zero_vs_finite_temperature` | 3 | 20 |", "| `07_paper_tables` | 5 | 40 |"]
     assert f"Measured on {reproduce.machine()}" in text
+
+
+def test_readme_timings_are_the_committed_timing_file():
+    import pandas as pd
+
+    from gift_lite import reproduce
+
+    from gift_lite.repro import repo_root
+
+    readme = (repo_root() / "README.md").read_text(encoding="utf-8")
+    table = reproduce.timings_table(pd.read_csv(repo_root() / reproduce.TIMINGS))
+    assert f"<!-- timings:start -->\n{table}<!-- timings:end -->" in readme
+    timed = set(pd.read_csv(repo_root() / reproduce.TIMINGS)["notebook"])
+    assert timed == {nb.stem for nb in reproduce.notebooks()}  # every notebook, none left out
