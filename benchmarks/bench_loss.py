@@ -15,7 +15,7 @@ all tokens trained) and run forward+backward passes, each after one untimed warm
   large allocation page-fault afresh. ``tracemalloc`` does not see torch's allocations, hence
   RSS. CPU only.
 
-Methods: ``official`` (FACTS §2 line by line on full logits: the reference implementation the
+Methods: ``official`` (docs/paper.md §2 line by line on full logits: the reference implementation the
 issue compares against), ``gift_loss`` (logits by matmul, then ``gift_lite.losses.gift_loss``),
 ``fused`` (``fused_gift_loss``, once per ``--chunk-sizes``), ``cross_entropy`` (logits +
 ``F.cross_entropy``, i.e. SFT), and ``matmul_floor``: only the four matmuls no implementation can
@@ -73,7 +73,7 @@ MMAP_THRESHOLD = 65536
 
 # -- the methods (each: one forward+backward) -------------------------------------------------
 def official(h, ref_h, w, labels):
-    """FACTS §2 as the official code writes it, every intermediate kept alive as there."""
+    """docs/paper.md §2 as the official code writes it, every intermediate kept alive as there."""
     vocab = w.shape[0]
     student_logits = h @ w.T
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The paper's four claims (FACTS.md, last paragraph), judged from our results table.
+"""The paper's four claims (docs/paper.md, "The claims tested here"), judged from our results table.
 
 A comparison of two methods is *significant* when the difference of their seed means exceeds
 ``Z`` standard errors (``sqrt(s_a²/n_a + s_b²/n_b)``, ddof 1). A claim is ``reproduced`` when every
@@ -22,7 +22,7 @@ from gift_lite.tables import INF, seed_stats
 
 Z = 2.0  # ours: about a 95 % two-sided band for a difference of means
 
-# With the caveats of FACTS.md §3-6 (data/paper_reported.csv, column ``caveat``).
+# With the caveats of docs/paper.md (data/paper_reported.csv, column ``caveat``).
 PAPER_EVIDENCE = {
     1: "SFT lowers entropy and pass@k at large k and moves further from the base (KL, top-K overlap); "
        "GIFT stays closer (reported: Qwen2.5-7B pass@8 before RL “3.8 %” above SFT, points or relative not "
@@ -287,15 +287,11 @@ def peak_beta(data: ProtocolData, betas: tuple[float, ...], seeds: tuple[int, ..
     return max((b for b in betas if b != INF), key=lambda b: data.final_val("gift", b, seeds))
 
 
-def judge_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, rule: Rule,
-                 k_large: int = 16) -> tuple[pd.DataFrame, float]:
-    """Every comparison of the four claims with its interval and verdict under ``rule``, and the
-    claim-4 peak β̂.
-
-    Rows: claim, part, comparison, a, b, diff, low, high, detectable, part_verdict, verdict.
-    """
-    from gift_lite.stats import combine
-
+def claim_parts(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, rule: Rule,
+                k_large: int = 16) -> tuple[dict[int, list], object, float]:
+    """Every comparison of the four claims under ``rule`` (``stats.Difference`` each, by claim), the
+    reported-only comparison before RL (ID pass@1, GIFT at ``beta_star`` against SFT), and the
+    claim-4 peak β̂."""
     sft, gift = ("sft", INF), ("gift", beta_star)
 
     def paired(a, b, stage, split, k=1, sign=1, what="", margin="pass"):
@@ -312,6 +308,15 @@ def judge_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...],
             paired(("gift", peak), sft, "rl", "id", what=f"peak beta={peak:g} vs SFT (rl)")],
     }
     before = paired(gift, sft, "init", "id", what="id/pass@1 (init), reported only", margin="pass_init")
+    return parts, before, peak
+
+
+def verdict_rows(parts: dict[int, list], before) -> pd.DataFrame:
+    """``claim_parts``' comparisons as the claims table: claim, part, comparison, a, b, diff, low,
+    high, detectable, part_verdict, verdict (claim 2 by its primary comparison, with ``before``
+    as its reported-only last part)."""
+    from gift_lite.stats import combine
+
     rows = []
     for claim, comparisons in parts.items():
         verdict = combine(comparisons, "primary" if claim == 2 else "all")
@@ -319,7 +324,15 @@ def judge_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...],
             rows.append({"claim": claim, "part": i + 1, "comparison": d.what, "a": d.a, "b": d.b, "diff": d.estimate,
                          "low": d.low, "high": d.high, "detectable": d.detectable,
                          "part_verdict": d.verdict if d is not before else "", "verdict": verdict})
-    return pd.DataFrame(rows), peak
+    return pd.DataFrame(rows)
+
+
+def judge_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, rule: Rule,
+                 k_large: int = 16) -> tuple[pd.DataFrame, float]:
+    """Every comparison of the four claims with its interval and verdict under ``rule`` (the table
+    of ``verdict_rows``), and the claim-4 peak β̂."""
+    parts, before, peak = claim_parts(data, beta_star, betas, rule=rule, k_large=k_large)
+    return verdict_rows(parts, before), peak
 
 
 def bootstrap_claims(data: ProtocolData, beta_star: float, betas: tuple[float, ...], *, k_large: int = 16,

@@ -100,7 +100,7 @@ class HubDataset:
     hub_id: str
     config: str | None
     split: str
-    role: str  # "id" | "ood" (benchmarks, FACTS.md §5) | "train" (SFT / RL data, FACTS.md §3)
+    role: str  # "id" | "ood" (benchmarks, docs/paper.md §5) | "train" (SFT / RL data, docs/paper.md §3)
     fields: dict[str, str]
     convert: Callable[[dict, int], dict] = field(repr=False)
     gated: bool = False  # needs `huggingface-cli login` and accepting the dataset's terms
@@ -166,7 +166,7 @@ def _deepmath(row: dict, i: int) -> dict:
 
 
 BENCHMARKS: dict[str, HubDataset] = {
-    # In distribution (FACTS.md §5).
+    # In distribution (docs/paper.md §5).
     # openai/gsm8k, config "main", split "test" (1319 rows): question, answer. Source: the dataset
     # card; the parquet path "openai/gsm8k/main/test-00000-of-00001.parquet" is listed in
     # huggingface.co/nickmalhotra/ProjectIndus/blob/main/SFT/dataset.ini.
@@ -193,7 +193,7 @@ BENCHMARKS: dict[str, HubDataset] = {
     # has an "id" column (the row index is used when it has none).
     "aime25": HubDataset("math-ai/aime25", None, "test", "id",
                          {"problem": "problem", "answer": "answer", "id": "id or row index"}, _aime("aime25")),
-    # Out of distribution (FACTS.md §5; MMLU-Redux is not wired).
+    # Out of distribution (docs/paper.md §5; MMLU-Redux is not wired).
     # Idavidrein/gpqa, config "gpqa_diamond", split "train" (198 rows; gated): Question, Correct
     # Answer, Incorrect Answer 1-3. Source: lighteval's task config (hf_repo Idavidrein/gpqa,
     # hf_subset gpqa_diamond, split train) and the schema of mirrors (MaxLSB/gpqa-fr).
@@ -210,7 +210,7 @@ BENCHMARKS: dict[str, HubDataset] = {
     "arc_challenge": HubDataset("allenai/ai2_arc", "ARC-Challenge", "test", "ood",
                                 {"problem": "question", "choices": "choices.text",
                                  "answer": "answerKey (by position)", "id": "id"}, _arc),
-    # Training data (FACTS.md §3): zwhe99/DeepMath-103K, split "train" (103k rows; ~2 GB, streamed):
+    # Training data (docs/paper.md §3): zwhe99/DeepMath-103K, split "train" (103k rows; ~2 GB, streamed):
     # question, final_answer, difficulty, topic, r1_solution_1..3 (DeepSeek-R1 solutions). Source:
     # the dataset's README (huggingface.co/datasets/zwhe99/DeepMath-103K).
     "deepmath": HubDataset("zwhe99/DeepMath-103K", None, "train", "train",
@@ -404,7 +404,7 @@ def load_sft(source: str | Path, *, limit: int | None = None, offset: int = 0) -
     """SFT rows ``{"prompt", "completion"}`` and the number of empty completions skipped.
 
     ``"deepmath"`` builds them from DeepMath-103K: the prompt is ``math_prompt(question)`` and the
-    completion the shortest of its three DeepSeek-R1 solutions (FACTS.md §3). A local file must
+    completion the shortest of its three DeepSeek-R1 solutions (docs/paper.md §3). A local file must
     hold the schema.
     """
     rows, from_hub = _source_rows(source, limit, offset)
@@ -416,7 +416,7 @@ def load_sft(source: str | Path, *, limit: int | None = None, offset: int = 0) -
 def load_rl_prompts(source: str | Path, *, limit: int | None = None, offset: int = 0) -> list[dict]:
     """GRPO rows ``{"prompt", "answer", "id"}`` from a benchmark-schema source (math rows only).
 
-    For DeepMath-103K give an ``offset`` past the SFT slice so the two are disjoint (FACTS.md §3).
+    For DeepMath-103K give an ``offset`` past the SFT slice so the two are disjoint (docs/paper.md §3).
     """
     problems = load_benchmark(source, limit=limit, offset=offset)
     choice = [p.id for p in problems if p.choices]

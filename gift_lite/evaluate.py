@@ -363,7 +363,7 @@ def weight_geometry(a, b, *, param_name: str | None = None) -> dict[str, float]:
     """Cosine similarity and L2 distance between two models' last-layer weights.
 
     ``a`` and ``b`` are models or state dicts. By default every parameter of the last decoder
-    layer is flattened into one vector (the paper's "last layer", FACTS.md §5); ``param_name``
+    layer is flattened into one vector (the paper's "last layer", docs/paper.md §5); ``param_name``
     picks one tensor instead. LoRA models are compared through their merged weights. Returns
     ``cosine``, ``l2`` (||a - b||) and ``relative_l2`` (||a - b|| / ||a||), computed in float64.
     """
@@ -386,7 +386,7 @@ def gold_probs(model, tokenizer, prompts: Sequence[str], completions: Sequence[s
                add_eos: bool = True) -> torch.Tensor:
     """The model's probability of each gold response token (and EOS), flattened: (N_tokens,), float64.
 
-    This is ``p_base(y*_t)`` of FACTS.md §2 when ``model`` is the base: it decides how far the
+    This is ``p_base(y*_t)`` of docs/paper.md §2 when ``model`` is the base: it decides how far the
     GIFT target is from one-hot at each β (``losses.gold_mass``). The softmax runs in float64:
     float32 ``exp`` kernels differ from one CPU to another (AVX2, AVX-512) in the last bits, so
     with a float64 model (``model.double()``) the probabilities agree across machines to ~1e-15.

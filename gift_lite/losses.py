@@ -1,7 +1,7 @@
 """The GIFT loss and the SFT-family baselines, as pure functions on tensors.
 
 GIFT is a diff from SFT. Per response token ``t`` with expert token ``y*``, SFT fits the one-hot
-target; GIFT fits the finite-temperature Gibbs target around the frozen base model (FACTS §1-2)
+target; GIFT fits the finite-temperature Gibbs target around the frozen base model (docs/paper.md §1-2)
 
     target_t(k) ∝ p_mix(k) · exp(beta · [k = y*]),   p_mix = (1 - smooth_lambda) p_base + smooth_lambda/V
 
@@ -136,7 +136,7 @@ def _gold(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _gold_weights(p_gold: torch.Tensor, beta: float, lam: float, vocab: int):
-    """Closed form of the target around the gold token (FACTS §2, with the official 1e-10).
+    """Closed form of the target around the gold token (docs/paper.md §2, with the official 1e-10).
 
     With ``a_k = p_mix(k) + EPS`` the official target is ``a_k / Z`` off gold and
     ``a_gold e^beta / Z`` on gold, ``Z = sum_{k != gold} a_k + a_gold e^beta``. Returns
@@ -252,7 +252,7 @@ class _GiftFromLogits(torch.autograd.Function):
 # -- GIFT ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def gift_target(ref_logits, labels, *, beta, smooth_lambda=0.0, ignore_index=IGNORE_INDEX):
-    """The GIFT target distribution ``(..., V)`` in fp32, without gradient (FACTS §2).
+    """The GIFT target distribution ``(..., V)`` in fp32, without gradient (docs/paper.md §2).
 
     ``softmax(log(p_mix + 1e-10) + beta · onehot(y*))`` with ``p = softmax(ref_logits)`` and
     ``p_mix = (1 - smooth_lambda) p + smooth_lambda / V``, as the official code computes it
@@ -279,7 +279,7 @@ def gift_target(ref_logits, labels, *, beta, smooth_lambda=0.0, ignore_index=IGN
 
 def gift_loss(logits, ref_logits, labels, *, beta=DEFAULT_BETA, smooth_lambda=0.0,
               ignore_index=IGNORE_INDEX, chunk_size=None):
-    """GIFT: cross-entropy to the finite-temperature Gibbs target (FACTS §1-2), a scalar.
+    """GIFT: cross-entropy to the finite-temperature Gibbs target (docs/paper.md §1-2), a scalar.
 
     ``logits``, ``ref_logits``: ``(..., V)`` student and frozen-base logits; ``labels``: ``(...)``,
     already aligned. Returns the mean over kept positions of ``-sum_k target_k log q_k`` with
@@ -319,7 +319,7 @@ def gift_loss(logits, ref_logits, labels, *, beta=DEFAULT_BETA, smooth_lambda=0.
 
 
 def gold_mass(p_gold, beta):
-    """Target mass on the gold token for base probability ``p_gold`` in (0, 1] (FACTS §2).
+    """Target mass on the gold token for base probability ``p_gold`` in (0, 1] (docs/paper.md §2).
 
     ``p e^beta / (1 - p + p e^beta) = sigmoid(logit(p) + beta)``: 1 at ``beta = inf`` (SFT),
     ``p`` at ``beta = 0``. Works on floats, NumPy arrays and tensors; with smoothing pass
@@ -370,7 +370,7 @@ def _kept_rows(logits, labels, ignore_index, ref_logits=None):
 
 
 def sft_loss(logits, ref_logits, labels, *, ignore_index=IGNORE_INDEX):
-    """Standard SFT: token cross-entropy, the ``beta = inf`` end of GIFT (FACTS §1).
+    """Standard SFT: token cross-entropy, the ``beta = inf`` end of GIFT (docs/paper.md §1).
 
     ``F.cross_entropy(logits, labels, ignore_index=..., reduction="mean")`` on ``(..., V)``
     logits cast to fp32 (bit-identical for fp32 inputs). ``ref_logits`` is not used (may be None).
@@ -384,7 +384,7 @@ def sft_loss(logits, ref_logits, labels, *, ignore_index=IGNORE_INDEX):
 
 def sft_entropy_loss(logits, ref_logits, labels, *, entropy_coef=DEFAULT_ENTROPY_COEF,
                      ignore_index=IGNORE_INDEX):
-    """SFT with an entropy bonus: ``CE - entropy_coef · H(pi)``, per token, mean (FACTS §4).
+    """SFT with an entropy bonus: ``CE - entropy_coef · H(pi)``, per token, mean (docs/paper.md §4).
 
     ``H(pi) = -sum_k pi_k log pi_k`` of the student at each kept position; the GIFT paper's
     "SFT + entropy" baseline. ``ref_logits`` is not used (may be None).

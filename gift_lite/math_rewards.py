@@ -1,4 +1,4 @@
-"""Rewards of the real benchmarks: 1.0 for a verified answer, 0.0 otherwise (FACTS.md §3).
+"""Rewards of the real benchmarks: 1.0 for a verified answer, 0.0 otherwise (docs/paper.md §3).
 
 ``math_reward`` grades a math completion against a reference answer: the final answer of a
 completion (its last \\boxed{} group, or an answer statement after it), compared item by item with
@@ -430,7 +430,7 @@ class _Judge:
 def math_reward(completion: str, answer: str, *, timeout_s: float = MATH_TIMEOUT_S) -> float:
     """1.0 if the final answer of ``completion`` equals the reference ``answer``, else 0.0. Never raises.
 
-    The paper's binary reward (FACTS.md §3), graded as a careful human would:
+    The paper's binary reward (docs/paper.md §3), graded as a careful human would:
 
     - *Which answer.* ``final_answer``: the last group of adjacent ``\\boxed{}`` (several boxes
       joined by commas or "and" are one answer of several parts), unless an answer statement

@@ -29,7 +29,7 @@ from gift_lite.results import atomic_write, check_writable, long_rows, write_csv
 from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, ValidationCurve, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
-from gift_lite.unified import UNIFIED, grpo_parts
+from gift_lite.unified import UNIFIED, config_overrides, grpo_parts
 from gift_lite.units import (adapter_dir, check_unit_settings, one_thread, problem_counts, recorded_settings_match,
                              run_pool, unit_key, unit_path, with_added_fields)
 from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
@@ -379,14 +379,16 @@ def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int,
     has a column ``sft_step``: whether an SFT step followed that RL step."""
     rl = rl or settings.rl
     callbacks = [ValidationCurve(world.val, tokenizer, settings.eval, seed)] if settings.eval.curve_every else []
-    parts = {"reward_func": countdown_reward_func}
+    parts, overrides = {"reward_func": countdown_reward_func}, {}
     if method in UNIFIED:
         expert_of = {p.prompt: expert_solution(p) for p in world.rl}
         parts = grpo_parts(method, expert_of, tokenizer, countdown_reward_func,
                            buffer_size=rl.per_device_train_batch_size // rl.num_generations)
+        overrides = config_overrides(rl)  # their official constant learning rate, unless the preset chose one
     extra = parts.pop("callbacks", [])
     with tempfile.TemporaryDirectory() as scratch:
-        config = grpo_config(rl, scratch, seed=seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+        config = grpo_config(rl, scratch, seed=seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+                             **overrides)
         trainer = run_grpo(policy.train(), tokenizer, world.rl_dataset(), config=config, callbacks=callbacks + extra,
                            share_prompts=rl.share_prompts, **parts)
     validation = pd.DataFrame(callbacks[0].rows if callbacks else [], columns=["step", "val_pass@1"])

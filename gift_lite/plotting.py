@@ -528,3 +528,29 @@ def plot_gold_mass(p_gold, table, *, beta_star: float, beta_max: float = 30.0):
     right.set_xlabel("β")
     right.set_ylabel("mean target mass on the expert token")
     return fig
+
+
+def plot_forest(parts: dict[int, list], reported: list | None = None, *, title: str = ""):
+    """Each comparison of a claims table as a point (the difference) on its 95 % interval, one row
+    per comparison, claims top to bottom; a dotted line at 0 and, per row, a dashed tick at the
+    margin in the claimed direction (an interval below it is *not reproduced*). ``parts``: claim ->
+    ``stats.Difference`` list (``claims.claim_parts``); ``reported``: reported-only comparisons,
+    drawn grey under their claim (``claim -> Difference`` list)."""
+    reported = reported or {}
+    rows = [(claim, d, grey) for claim in parts for d, grey in
+            [(d, False) for d in parts[claim]] + [(d, True) for d in reported.get(claim, [])]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(rows) + 0.9))
+    for y, (claim, d, grey) in enumerate(rows):
+        color = METHOD_COLORS["base"] if grey else METHOD_COLORS["gift"]
+        ax.plot([d.low, d.high], [y, y], color=color, lw=2.2, solid_capstyle="butt")
+        ax.plot(d.estimate, y, "o", color=color, ms=5)
+        if not grey:
+            ax.plot([d.sign * d.margin] * 2, [y - 0.35, y + 0.35], color=METHOD_COLORS["sft"], lw=1.2, ls="--")
+    ax.axvline(0.0, color=REFERENCE_COLOR, lw=0.9, ls=":")
+    ax.set_yticks(range(len(rows)), [f"{claim} · {d.what}" for claim, d, _ in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("GIFT − comparator (95 % interval); dashed: the margin in the claimed direction")
+    if title:
+        ax.set_title(title)
+    return fig

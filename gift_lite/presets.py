@@ -27,7 +27,7 @@ DEFAULT = "mini"
 @dataclass(frozen=True)
 class Preset:
     name: str
-    scratch: bool  # True: write under scratch/, never over committed results (STYLE.md)
+    scratch: bool  # True: write under scratch/, never over committed results (README, "Presets")
     mini: MiniSettings  # the miniature's protocol at this scale (notebooks 08-11)
     mini_ft: MiniSettings  # the full-fine-tuning protocol at this scale (notebooks 02-03)
     selection: SelectionSettings  # its selection grids (data/mini_ft/PROTOCOL.md §3-4)
@@ -67,7 +67,7 @@ SMOKE_SELECTION = SelectionSettings(sft_learning_rates=(1e-4,), sft_max_epochs=2
                                     rl_seeds=(0,), rl_max_steps=2, rl_last_evals=1,
                                     enforce=False)  # smoke only checks that every step runs
 
-# Mini: the protocol of FACTS.md §3-5 scaled to a 2-core CPU (docs/results_miniature.md). GRPO runs for
+# Mini: the protocol of docs/paper.md §3-5 scaled to a 2-core CPU (docs/results_miniature.md). GRPO runs for
 # SFT, GIFT at every beta and RL-only; the four baselines stop before RL (a cut for time).
 MINI = MiniSettings(
     rl=GRPOSettings(per_device_train_batch_size=128, max_completion_length=24, max_steps=50,

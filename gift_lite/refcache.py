@@ -13,7 +13,7 @@ paper trains 10). Two things can be stored per response token:
   response token).
 - ``topk=K`` (approximate): the base's log-probabilities of its top K tokens and of the gold token
   (``topk_gift_loss``). The step then needs no reference computation at all, and costs what SFT
-  costs. The target (FACTS §2) is rebuilt from ``p_tilde``: exact on the K tokens and the gold
+  costs. The target (docs/paper.md §2) is rebuilt from ``p_tilde``: exact on the K tokens and the gold
   token, with the remaining base mass ``m_tail`` spread evenly over the other tokens. Its
   normaliser ``Z = (1-lam)(1-p_gold) + (V-1)c + a_gold e^beta`` depends on ``p_gold`` alone, so
   the gold target and ``Z`` are exact and the only error is how the off-gold tail is shared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -67,23 +68,60 @@ def device_info() -> dict[str, str | int]:
     return info
 
 
-def git_sha() -> str:
-    """The current commit (``+dirty`` if the tree has changes), or ``unknown`` outside git."""
+def notebook_cells(notebook: dict) -> list[dict]:
+    """A notebook's cells as what a run executes: type, source and tags, without outputs or counters."""
+    return [{"type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
+             "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in notebook["cells"]]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
+def _only_outputs_differ(name: str) -> bool:
+    """Whether the changed tracked file ``name`` is an output rather than code: a result under
+    ``data/`` or ``figures/`` (a protocol or other ``.md`` file is not), or a notebook whose cells
+    are those of ``HEAD`` (papermill rewrites a notebook run in place, outputs and metadata only)."""
+    if name.startswith(("data/", "figures/")):
+        return not name.endswith(".md")
+    if not name.endswith(".ipynb"):
+        return False
     try:
-        root = repo_root()
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
+        now = json.loads((repo_root() / name).read_text(encoding="utf-8"))
+        committed = json.loads(_git("show", f"HEAD:{name}"))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    return notebook_cells(now) == notebook_cells(committed)
+
+
+def dirty_files() -> list[str]:
+    """The tracked files that differ from ``HEAD`` in what they compute: code, configs, notebook
+    cells, protocols; results and notebook outputs do not count (``_only_outputs_differ``)."""
+    try:
+        changed = _git("diff", "--name-only", "HEAD").split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [name for name in changed if not _only_outputs_differ(name)]
+
+
+def git_sha() -> str:
+    """The current commit, ``+dirty`` when code differs from it (``dirty_files``), or ``unknown``
+    outside git. A notebook refreshed in place, or the result files it writes, leave it clean."""
+    try:
+        sha = _git("rev-parse", "HEAD").strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return sha + ("+dirty" if dirty_files() else "")
 
 
 def run_info(config: dict) -> dict:
-    """What a ``*_run.json`` carries: the config, package versions, device and git SHA."""
-    return {"config": config, "versions": package_versions(), "device": device_info(),
-            "git_sha": git_sha()}
+    """What a ``*_run.json`` carries: the config, package versions, device and git SHA (and, when
+    the SHA is ``+dirty``, the files that made it so)."""
+    info = {"config": config, "versions": package_versions(), "device": device_info(), "git_sha": git_sha()}
+    if info["git_sha"].endswith("+dirty"):
+        info["dirty_files"] = dirty_files()
+    return info
 
 
 def tracked_files(folder: str | Path) -> list[str]:

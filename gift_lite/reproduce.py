@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from gift_lite.presets import ENV_VAR, PRESETS
+from gift_lite import repro
 from gift_lite.repro import repo_root, without_root
 from gift_lite.results import write_json, write_text
 
@@ -68,9 +70,7 @@ def package_files() -> list[Path]:
 
 def notebook_cells(path: Path) -> list[dict]:
     """The cells' type, source and tags: what a run executes, without outputs or counters."""
-    cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-    return [{"type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list) else c["source"],
-             "tags": sorted(c.get("metadata", {}).get("tags", []))} for c in cells]
+    return repro.notebook_cells(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def input_hash(source: Path, preset: str) -> str:
@@ -233,6 +233,59 @@ def default_output(preset: str) -> Path:
     return repo_root() / "scratch" / "runs" / preset
 
 
+# -- how long each notebook takes (data/timings.csv, the README's notebook table) ------------------------
+TIMINGS = Path("data/timings.csv")
+
+
+def machine() -> str:
+    """The machine in words: the CPU model and its core count, e.g. ``AMD EPYC 7B13, 2 cores``."""
+    model = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def record_timings(presets: list[str], only: list[str] | None = None, out: Path | None = None, *,
+                   log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run every selected notebook on each preset (executed copies under ``scratch/runs/timings/<preset>/``;
+    the committed notebooks are left alone) and write ``out`` (default ``data/timings.csv``): per notebook and preset
+    its wall time in seconds, the 1-minute load average when it started and the machine. Under
+    ``mini`` with the committed units this is the replay, which trains nothing."""
+    import pandas as pd
+
+    from gift_lite.results import write_csv
+
+    rows = []
+    for preset in presets:
+        for nb in notebooks(only):
+            load = os.getloadavg()[0]
+            start = time.monotonic()
+            run_notebook(nb, default_output("timings") / preset / nb.name, preset, progress=False)
+            rows.append({"notebook": nb.stem, "preset": preset, "seconds": round(time.monotonic() - start),
+                         "load_before": round(load, 1), "machine": machine()})
+            log(f"[{preset}] {nb.name}: {rows[-1]['seconds']} s (load {load:.1f})")
+    table = pd.DataFrame(rows)
+    write_csv(out or repo_root() / TIMINGS, table)
+    return table
+
+
+def timings_table(table) -> str:
+    """``data/timings.csv`` as the README's Markdown table: one row per notebook, one column per preset."""
+    wide = table.pivot(index="notebook", columns="preset", values="seconds")
+    presets = [p for p in ("smoke", "mini", "gpu") if p in wide.columns]
+    heads = {"smoke": "smoke (s)", "mini": "mini replay (s)", "gpu": "gpu (s)"}
+    lines = ["| notebook | " + " | ".join(heads[p] for p in presets) + " |",
+             "|---|" + "---:|" * len(presets)]
+    lines += [f"| `{name}` | " + " | ".join(f"{wide.loc[name, p]:.0f}" for p in presets) + " |" for name in wide.index]
+    loads = table.groupby("preset")["load_before"].agg(["min", "max"])
+    notes = "; ".join(f"{p} at load {loads.loc[p, 'min']:g}–{loads.loc[p, 'max']:g}" for p in presets)
+    return "\n".join(lines) + f"\n\nMeasured on {table['machine'].iloc[0]} ({notes}).\n"
+
+
 POWER_SEEDS = (3, 5, 8, 10, 12, 15, 20)  # data/mini_conf/PROTOCOL.md §6: the grid of the power analysis
 POWER_PROBLEMS = (200, 500, 1000)
 
@@ -292,12 +345,24 @@ def main(argv: list[str] | None = None) -> int:
                            help="the confirmatory protocol's power analysis from the pilot's units",
                            description="The power analysis of data/mini_conf/PROTOCOL.md §6 from the pilot "
                                        "protocol's units: power.csv and its run JSON.")
+    timings = sub.add_parser("timings", formatter_class=defaults,
+                             help="time every notebook on each preset (the README's notebook table)",
+                             description="Run every selected notebook on each preset (executed copies under "
+                                         "scratch/runs/timings/) and write its wall time, the load average and the "
+                                         "machine to a CSV; the README's table is data/timings.csv, written with "
+                                         "--out data/timings.csv.")
+    timings.add_argument("--presets", nargs="+", default=["smoke", "mini"], choices=sorted(PRESETS))
+    timings.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to time (default: all)")
+    timings.add_argument("--out", type=Path, default=Path("scratch/timings.csv"), help="the CSV to write")
     power.add_argument("--pilot", type=Path, default=Path("data/mini_ft"), help="the pilot protocol's folder")
     power.add_argument("--out", type=Path, default=Path("scratch/mini_conf/power.csv"),
                        help="the CSV to write (notebook 04 writes the committed data/mini_conf/power.csv)")
     args = parser.parse_args(argv)
     if args.command == "power":
         return write_power(args.pilot, args.out)
+    if args.command == "timings":
+        record_timings(args.presets, args.only, args.out, log=lambda line: print(line, flush=True))
+        return 0
     log = lambda line: print(line, flush=True)  # noqa: E731
     try:
         done = reproduce(args.preset, args.only, args.output, args.in_place, args.force, log=log)

@@ -25,6 +25,11 @@ STAGES = ("base", "init", "rl")
 SPLITS = ("id", "ood", "train", "")
 
 
+# Whether the last write of each path in this process left its bytes as they were: a run JSON is
+# kept when the result beside it came out the same (``write_run_json``).
+_UNCHANGED: dict[Path, bool] = {}
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
     path = Path(path)
@@ -34,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        _UNCHANGED[path.resolve()] = path.exists() and path.read_bytes() == Path(tmp).read_bytes()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -111,7 +117,8 @@ def format_float(value: float) -> str:
 
 def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     """Write ``frame`` (no index, ``\\n`` line ends) with floats in the fixed ``format_float`` form;
-    inside a ``units/`` folder (``EXACT_FOLDER``) floats are written exactly instead."""
+    inside a ``units/`` folder (``EXACT_FOLDER``) floats are written exactly instead, and the unit
+    file gets a ``<name>_run.json`` beside it naming the commit of the code that computed it."""
     exact = EXACT_FOLDER in Path(path).parent.parts
     if not exact:
         frame = frame.copy()
@@ -120,11 +127,48 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
                                           else v)
     atomic_write(path, lambda p: frame.to_csv(p, index=False, lineterminator="\n",
                                              float_format=None if exact else format_float))
+    if exact:  # a unit is computed once (a unit whose file exists is skipped): this records that run
+        write_json(run_json_path(path), run_info({"file": Path(path).name}))
+
+
+def run_json_path(path: str | Path) -> Path:
+    """The run JSON of a result file: ``results.csv -> results_run.json``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_run.json")
+
+
+def _results_of(run_json: Path) -> list[Path]:
+    """The result files a run JSON describes: its siblings named ``<stem>.*``."""
+    stem = run_json.name.removesuffix("_run.json")
+    return sorted(p for p in run_json.parent.glob(f"{stem}.*") if p != run_json)
+
+
+def _keeps(old: dict, new: dict, run_json: Path) -> bool:
+    """Whether a recorded run still describes its result: the same config, the result written
+    again in this process with the same bytes, and a recorded commit that names clean code
+    (or one no worse than the new record's)."""
+    if old.get("config") != json.loads(json.dumps(new["config"], sort_keys=True, default=str)):
+        return False
+    results = _results_of(run_json)
+    if not results or not all(_UNCHANGED.get(p.resolve(), False) for p in results):
+        return False
+    recorded, now = str(old.get("git_sha", "unknown")), new["git_sha"]
+    return not recorded.endswith("+dirty") or now.endswith("+dirty") or now == "unknown"
 
 
 def write_run_json(path: str | Path, config: dict) -> None:
-    """The ``*_run.json`` beside a result file: config, versions, device, git SHA."""
-    write_json(path, run_info(config))
+    """The ``*_run.json`` beside a result file: config, versions, device, git SHA.
+
+    Left as it is when the result it describes came out byte for byte the same under the same
+    config (``_keeps``), so a replay changes no run JSON and each keeps naming the run that first
+    wrote those bytes; a record that names uncommitted code gives way to a clean one."""
+    path, info = Path(path), run_info(config)
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if old is None or not _keeps(old, info, path):
+        write_json(path, info)
 
 
 def long_rows(rows: list[dict], *, method: str, beta: float, seed: int, stage: str) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Task rewards: 1.0 for a verified answer, 0.0 otherwise (the paper's binary reward, FACTS.md §3).
+"""Task rewards: 1.0 for a verified answer, 0.0 otherwise (the paper's binary reward, docs/paper.md §3).
 
 ``countdown_reward`` checks a completion of the miniature world (``gift_lite.world``) by replaying
 it; ``countdown_reward_func`` is the same check in the form TRL's ``GRPOTrainer`` calls. The real

@@ -1,4 +1,4 @@
-"""GRPO from each initialiser, on TRL's ``GRPOTrainer`` (FACTS.md §3 "RL").
+"""GRPO from each initialiser, on TRL's ``GRPOTrainer`` (docs/paper.md §3 "RL").
 
 The paper's RL stage: GRPO, group size 8, rollout temperature 1.0, clip 0.2, KL coefficient 0,
 advantages not divided by the group's standard deviation, binary reward. Only lengths, batch

@@ -21,7 +21,8 @@ from gift_lite.evaluate import pass_at_k
 
 N_BOOT = 10_000  # PROTOCOL.md §6
 LEVEL = 0.95
-DETECTABLE = 2.8  # 80 % power at two-sided 5 %: the smallest detectable difference is 2.8 SE
+DETECTABLE = 2.8  # 80 % power at two-sided 5 %: the smallest detectable difference is 2.8 SE (normal)
+POWER = 0.80  # the power behind DETECTABLE; with a t interval the multiplier is t(0.975, df) + t(0.80, df)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Difference:
     se: float
     sign: int
     margin: float
+    df: float = math.inf  # degrees of freedom of a t interval; inf for a bootstrap (normal)
 
     @property
     def estimate(self) -> float:
@@ -54,7 +56,20 @@ class Difference:
 
     @property
     def detectable(self) -> float:
+        """The smallest difference found 80 % of the time, as the protocols state it: 2.8 SE."""
         return DETECTABLE * self.se
+
+    @property
+    def t_multiplier(self) -> float:
+        """``t(0.975, df) + t(0.80, df)``: 2.80 for a bootstrap (df inf), more for a t interval."""
+        if not math.isfinite(self.df):
+            return float(NormalDist().inv_cdf((1 + LEVEL) / 2) + NormalDist().inv_cdf(POWER))
+        return t_quantile((1 + LEVEL) / 2, self.df) + t_quantile(POWER, self.df)
+
+    @property
+    def detectable_t(self) -> float:
+        """The smallest detectable difference with the interval actually used: ``t_multiplier`` SE."""
+        return self.t_multiplier * self.se
 
     def text(self) -> str:
         sign = ">" if self.sign > 0 else "<"
@@ -189,7 +204,7 @@ def _t_interval(what, a, b, estimate, parts, sign, margin) -> Difference:
     df = variance ** 2 / sum(v ** 2 / d for v, d in parts if v > 0) if variance > 0 else float("inf")
     half = t_quantile((1 + LEVEL) / 2, df) * se if se > 0 else 0.0
     return Difference(what=what, a=a, b=b, low=round(estimate - half, DECIMALS),
-                      high=round(estimate + half, DECIMALS), se=se, sign=sign, margin=margin)
+                      high=round(estimate + half, DECIMALS), se=se, sign=sign, margin=margin, df=df)
 
 
 def random_effects_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, sign: int,
@@ -205,6 +220,20 @@ def random_effects_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, si
     for table in (ta, tb):
         parts.append((seed_component(table)[0] / table.shape[1], table.shape[1] - 1))
     return _t_interval(what, float(ta.mean()), float(tb.mean()), float(per_problem.mean()), parts, sign, margin)
+
+
+def seed_paired_difference(a: pd.DataFrame, b: pd.DataFrame, *, what: str, sign: int,
+                           margin: float) -> Difference:
+    """A − B with seeds paired by number: per shared seed, the difference of the two methods' means
+    over their shared problems; a t interval over those seed differences (df = seeds − 1). The
+    problems' spread enters only through each seed's mean."""
+    seeds = a.columns.intersection(b.columns)
+    ta, tb = paired_tables(a[seeds], b[seeds])
+    if len(seeds) < 2 or len(ta) == 0:
+        raise ValueError(f"{what}: {len(seeds)} shared seeds and {len(ta)} shared problems; need 2 seeds and 1 problem")
+    per_seed = ta.mean(axis=0) - tb.mean(axis=0)
+    parts = [(per_seed.var(ddof=1) / len(seeds), len(seeds) - 1)]
+    return _t_interval(what, float(ta.mean()), float(tb.mean()), float(per_seed.mean()), parts, sign, margin)
 
 
 def welch_difference(a, b, *, what: str, sign: int, margin: float) -> Difference:

@@ -61,11 +61,11 @@ def summary(results: pd.DataFrame, *, stage: str, columns: list[tuple[str, str]]
 CELL_COLUMNS = ("block", "row", "stage", "column", "mean", "std", "n", "text", "best", "row_rank", "col_rank")
 MISSING = "—"  # a cell nobody measured or that the paper has but we do not know
 
-ID_BENCHMARKS = ("GSM8K", "MATH500", "OlympiadBench", "AIME24", "AIME25")  # paper, Table 1 (FACTS.md §5)
-OOD_BENCHMARKS = ("GPQA", "MMLU-Pro", "MMLU-Redux", "ARC-Challenge")  # paper, Table 2 (FACTS.md §5)
+ID_BENCHMARKS = ("GSM8K", "MATH500", "OlympiadBench", "AIME24", "AIME25")  # paper, Table 1 (docs/paper.md §5)
+OOD_BENCHMARKS = ("GPQA", "MMLU-Pro", "MMLU-Redux", "ARC-Challenge")  # paper, Table 2 (docs/paper.md §5)
 AVERAGE = "Avg."
 
-# Rows in the paper's order (FACTS.md §4: RL-only, unified methods, SFT-then-RL initialisers, GIFT);
+# Rows in the paper's order (docs/paper.md §4: RL-only, unified methods, SFT-then-RL initialisers, GIFT);
 # ``gift_minus_sft`` is a reported difference, never compared with the other rows.
 METHOD_NAMES = {
     "base": "base", "rl_only": "RL only", "luffy": "LUFFY", "relift": "ReLIFT", "sft": "SFT (β = ∞)",
@@ -76,14 +76,14 @@ METHOD_NAMES = {
 DIFFERENCE_ROWS = ("gift_minus_sft",)
 # Notes every paper table carries (layouts add their own, ``block_notes`` the seeds per block).
 COMMON_NOTES = (
-    "Paper cells: reported second-hand (FACTS.md §6; data/paper_reported.csv), as printed; cells and rows "
+    "Paper cells: reported second-hand (docs/paper.md §6; data/paper_reported.csv), as printed; cells and rows "
     "not available to us are left out (—).",
     "Our cells: pass@k in %, mean ± std over seeds. The miniature's are on its Countdown task (ID test → "
     "in-distribution, OOD test → out-of-distribution), not on the paper's benchmarks.",
     "Bold: the best value of its column within its block (one source); numbers from different blocks are "
     "not comparable.",
 )
-# Every paper cell before RL is of the SFT-stage checkpoint the paper kept, and RL starts from it (FACTS.md §3).
+# Every paper cell before RL is of the SFT-stage checkpoint the paper kept, and RL starts from it (docs/paper.md §3).
 CHECKPOINT_NOTE = ("Paper cells: the SFT stage's checkpoint was chosen by held-out loss among 10 epochs; one "
                    "digest names the 6th epoch and notes that the main text says one epoch.")
 CAVEAT_MARKS = ("†", "‡", "¶")  # footnote marks of the paper cells' caveats (paper_reported.csv, ``caveat``)
@@ -125,7 +125,7 @@ class Layout:
 def layout(name: str) -> Layout:
     """``table1`` (in-distribution), ``table2`` (out-of-distribution) or ``table3`` (distribution).
 
-    Table 1 carries pass@8 before RL beside pass@1: the paper's exploration metric (FACTS.md §5).
+    Table 1 carries pass@8 before RL beside pass@1: the paper's exploration metric (docs/paper.md §5).
     """
     if name == "table1":
         columns = (Column("init", "pass@1"), Column("init", "pass@8"), Column("rl", "pass@1"))

@@ -1,9 +1,9 @@
-"""Exact small computations behind the theory notebook (FACTS.md §1).
+"""Exact small computations behind the theory notebook (docs/paper.md §1).
 
 Everything here is closed form or an exact (sample-free) iteration over a handful of outcomes,
 so the numbers are the same on every machine. Distributions are NumPy arrays over the last axis.
 
-The story in formulas (FACTS.md §1):
+The story in formulas (docs/paper.md §1):
 
 - KL-regularised reward maximisation from ``pi_base`` has the Gibbs optimum
   ``pi* ∝ pi_base · exp(eta · R)``.
@@ -42,7 +42,7 @@ NOTEBOOK_DEFAULTS = dict(seed=0, vocab_size=12, p_gold=0.05, beta_grid_max=30.0,
 
 
 def gibbs(base, reward, inv_temp: float) -> np.ndarray:
-    """``base · exp(inv_temp · reward)``, normalised over the last axis (FACTS §1, Gibbs optimum).
+    """``base · exp(inv_temp · reward)``, normalised over the last axis (docs/paper.md §1, Gibbs optimum).
 
     ``inv_temp = inf`` is the zero-temperature limit: ``base`` restricted to the outcomes of
     highest reward among those ``base`` supports, renormalised. Outcomes with ``base = 0`` stay 0
@@ -64,17 +64,17 @@ def gibbs(base, reward, inv_temp: float) -> np.ndarray:
 
 
 def kl_optimum(base, reward, eta: float) -> np.ndarray:
-    """``pi* ∝ pi_base · exp(eta · R)``: maximiser of ``E[R] - KL(pi || pi_base) / eta`` (FACTS §1)."""
+    """``pi* ∝ pi_base · exp(eta · R)``: maximiser of ``E[R] - KL(pi || pi_base) / eta`` (docs/paper.md §1)."""
     return gibbs(base, reward, eta)
 
 
 def rl_limit(start, reward, lam: float) -> np.ndarray:
-    """Where KL-regularised RL started at ``pi_start`` converges: ``pi_start · exp(lam · R)`` (FACTS §1)."""
+    """Where KL-regularised RL started at ``pi_start`` converges: ``pi_start · exp(lam · R)`` (docs/paper.md §1)."""
     return gibbs(start, reward, lam)
 
 
 def ideal_init(base, reward, eta: float, lam: float) -> np.ndarray:
-    """The start from which RL with ``lam`` lands on ``pi*`` (FACTS §1).
+    """The start from which RL with ``lam`` lands on ``pi*`` (docs/paper.md §1).
 
     ``pi_base · exp(beta · R)`` with ``beta = eta - lam``.
     """
@@ -110,7 +110,7 @@ def with_gold_mass(p, gold: int, p_gold: float) -> np.ndarray:
 
 
 def token_target(p_base, gold: int, beta: float) -> np.ndarray:
-    """Token-level GIFT target ``∝ p_base(k) · exp(beta · [k = gold])`` (FACTS §1 token form).
+    """Token-level GIFT target ``∝ p_base(k) · exp(beta · [k = gold])`` (docs/paper.md §1 token form).
 
     An independent NumPy twin of ``gift_lite.losses.gift_target`` with ``smooth_lambda = 0``;
     ``beta = inf`` is the SFT one-hot.
@@ -122,7 +122,7 @@ def token_target(p_base, gold: int, beta: float) -> np.ndarray:
 def beta_for_gold_mass(p_gold, mass):
     """Smallest ``beta`` at which the target puts ``mass`` on a gold token of base prob ``p_gold``.
 
-    Inverse of the closed form ``p e^beta / (1 - p + p e^beta)`` (FACTS §2):
+    Inverse of the closed form ``p e^beta / (1 - p + p e^beta)`` (docs/paper.md §2):
     ``beta = log(mass (1 - p) / ((1 - mass) p))``; 0 when the base already has that mass.
     """
     p_gold = np.asarray(p_gold, dtype=np.float64)
@@ -214,7 +214,7 @@ def path_probs(tree: Tree, policy: dict) -> np.ndarray:
 
 
 def gift_policy(tree: Tree, beta: float) -> dict:
-    """The token-level policy that fits the GIFT target on the expert's prefixes (FACTS §1 token form).
+    """The token-level policy that fits the GIFT target on the expert's prefixes (docs/paper.md §1 token form).
 
     A tabular student trained on the single demonstration only changes the prefixes it sees: at
     each expert prefix it takes ``target_t ∝ p_base · exp(beta · [k = y*_t])``; every other
@@ -302,7 +302,7 @@ def policy_gradient(start, reward, *, learning_rate: float, steps: int,
     The policy is ``softmax(theta)`` with ``theta = log pi_start``; the gradient is
     ``pi ⊙ (g - E_pi[g])`` with ``g = R - kl_coef · log(pi / pi_start)``. No sampling, so the
     trajectory is deterministic. A path with ``pi = 0`` has zero gradient and stays at 0; with
-    ``kl_coef > 0`` the fixed point is ``rl_limit(start, R, 1 / kl_coef)`` (FACTS §1).
+    ``kl_coef > 0`` the fixed point is ``rl_limit(start, R, 1 / kl_coef)`` (docs/paper.md §1).
     Returns the ``(steps + 1, n_paths)`` trajectory of probabilities.
     """
     start = np.asarray(start, dtype=np.float64)

@@ -240,7 +240,7 @@ class GIFTTrainer(ReferenceCacheMixin, SFTTrainer):
     def _log_eval_ce(self, ce: torch.Tensor, labels: torch.Tensor) -> None:
         """``eval_ce``: the held-out one-hot cross-entropy, token mean over the batch on every rank.
 
-        The official validation loss (FACTS §2); unlike ``eval_loss`` (the method's own loss) it is
+        The official validation loss (docs/paper.md §2); unlike ``eval_loss`` (the method's own loss) it is
         comparable across methods and β, and picks the SFT checkpoint (``pick_checkpoint``).
         """
         n = (labels != -100).sum()
@@ -387,7 +387,7 @@ def per_epoch_selection(metric: str = HELD_OUT_METRIC) -> dict:
     """``GIFTConfig`` arguments for the paper's protocol: evaluate and save every epoch, keep the best.
 
     The official run saves and validates once per epoch (10 epochs; ``save_freq = test_freq`` =
-    the steps of one epoch) and the paper picks the epoch by held-out loss (FACTS §3). Pass these
+    the steps of one epoch) and the paper picks the epoch by held-out loss (docs/paper.md §3). Pass these
     with an ``eval_dataset``; ``pick_checkpoint`` then names the winner, and with
     ``load_best_model_at_end`` Trainer reloads it when training ends.
     """

@@ -1,7 +1,8 @@
 """The paper's unified SFT+RL baselines, LUFFY and ReLIFT, on TRL's ``GRPOTrainer``.
 
 Both run GRPO from the base and use the expert solution of each RL prompt inside the RL stage;
-neither has a separate SFT stage. What they do, from their official code (``FACTS.md`` §4b):
+neither has a separate SFT stage. What they do, from their official code (``docs/paper.md`` §4b;
+the differences that remain are listed in ``docs/official_code.md``):
 
 LUFFY (arXiv 2504.14945; ElliottYan/LUFFY, ``luffy/verl/verl/mix_src/``)
     In every group, one of the ``num_generations`` samples is replaced by the expert solution
@@ -23,6 +24,10 @@ ReLIFT (arXiv 2506.07527; TheRoadQaQ/ReLIFT, ``relift/verl/verl/relift/``)
     step uses the whole batch. Here: ``FailureRecorder`` wraps the reward function and records each prompt's
     rewards, and ``ReLIFTCallback.on_step_end`` runs the SFT step.
 
+Both official trainers keep the RL learning rate constant (verl's actor, no warm-up, no decay);
+``config_overrides`` gives them that schedule wherever the settings leave ``lr_scheduler_type`` at
+``GRPOSettings``' default (TRL's linear decay to 0).
+
 Both need ``expert_of``, a mapping from each RL prompt's text to its expert completion (no EOS;
 the EOS is appended here, as TRL's ``SFTTrainer`` appends it to SFT data).
 """
@@ -36,10 +41,22 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from gift_lite.rl import GRPOSettings
+
 LUFFY_SHAPING = 0.1  # f(p) = p / (p + 0.1): official "p_div_p_0.1"
 RELIFT_ENTROPY = 0.001  # official compute_sft_loss: NLL - 0.001 * entropy
 RELIFT_MAX_GRAD_NORM = 1.0  # official SFT step
 UNIFIED = ("luffy", "relift")
+OFFICIAL_LR_SCHEDULER = "constant"  # both official scripts: verl's actor optimizer, constant, no warm-up
+
+
+def config_overrides(settings: GRPOSettings) -> dict:
+    """``grpo_config`` overrides of a unified method: the official constant learning rate unless the
+    settings chose a schedule other than ``GRPOSettings``' default (a preset that wants linear decay
+    for LUFFY or ReLIFT cannot ask for it by writing the default)."""
+    default = GRPOSettings.__dataclass_fields__["lr_scheduler_type"].default
+    chosen = settings.lr_scheduler_type
+    return {"lr_scheduler_type": OFFICIAL_LR_SCHEDULER if chosen == default else chosen}
 
 
 # -- LUFFY ---------------------------------------------------------------------------------------------

@@ -147,6 +147,13 @@ def test_units_and_claims_at_smoke_scale(tmp_path):
     assert table.loc[table["claim"] == 3, "comparison"].item() == "ood/pass@1 (rl)"
     assert set(table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
     assert (table["low"] <= table["diff"] + 1e-9).all() and (table["diff"] <= table["high"] + 1e-9).all()
+    from gift_lite import sensitivity  # the same comparisons under the other intervals, read after the run
+
+    intervals = sensitivity.intervals_table(data, 1.0, settings.betas, k_large=max(settings.eval.ks))
+    judged = intervals.drop(columns=["diff", "detectable"]).merge(table, on=["claim", "part", "comparison"])  # every row ...
+    assert len(judged) == len(table) and len(intervals) == len(table) + 1  # ... and OOD before RL
+    assert (judged["random effects low"] == judged["low"]).all() and (judged["random effects high"] == judged["high"]).all()
+    assert (judged["detectable_t"] >= judged["detectable"]).all()
     starts = [(m, b) for m, b in settings.rl_runs() if m != "sft"]
     reported = claims.reported_against(data, starts, ("sft", math.inf), rule=rule)
     assert list(reported["method"]) == [m for m, _ in starts] and (reported["seeds"] == 2).all()

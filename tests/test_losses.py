@@ -1,7 +1,7 @@
-"""Property checks of the loss family from its formulas (STYLE.md "Tests").
+"""Property checks of the loss family from its formulas (docs/tests.md).
 
 The reference for GIFT is a naive full-vocabulary transcription of the official code
-(verl/verl/trainer/fsdp_gift_trainer.py, FACTS §2); the baselines are checked against the
+(verl/verl/trainer/fsdp_gift_trainer.py, docs/paper.md §2); the baselines are checked against the
 gradients their papers' formulas imply.
 """
 

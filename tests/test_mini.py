@@ -49,6 +49,19 @@ def test_rl_unit_writes_results_and_curve(smoke_base, tmp_path):
     assert {"pass@1", "kl_to_base", "rl/frac_reward_zero_std"} <= set(results["metric"])
 
 
+def test_a_grpo_unit_recomputed_from_the_same_start_and_seed_is_bit_identical(smoke_base, tmp_path):
+    """GRPO on one thread is deterministic: the same start and seed write the same bytes in every file
+    of the unit (results, per-problem counts, reward curve). So the β = 20 placebo's difference from
+    SFT after RL (notebook 05) comes from its start, however slightly it differs, not from RL itself."""
+    world, base_dir = smoke_base
+    for run in ("a", "b"):
+        units.one_thread(mini.run_rl_unit, world, SMOKE, base_dir, tmp_path / run, "rl_only", float("inf"), 0)
+    written = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a" / "units").rglob("*.csv"))
+    assert len(written) == 3
+    for name in written:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 def test_unknown_stage_is_refused(smoke_base, tmp_path):
     with pytest.raises(ValueError, match="stage"):
         mini.run_units("sft", SMOKE, smoke_base[1], tmp_path)

@@ -23,13 +23,14 @@ ROOT = repo_root()
 COPIED = ("pyproject.toml", "gift_lite", "notebooks", "data", "figures")
 SANITIZE = "notebooks/nbval_sanitize.cfg"
 TIMEOUT_S = 1200  # a generous bound for a loaded 2-core machine; a replay takes 1-5 minutes
-# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (03, 11, 12).
+# Rewritten on every run whatever is cached: the theory (notebook 01) and the claims (03, 05, 11, 12).
 REGENERATED = (
     "data/theory/theory_beta_sweep.csv", "data/theory/theory_pg_dynamics.csv", "data/theory/theory_tree_beta.csv",
     "data/theory/theory_tree_paths.csv", "data/theory/theory_tree_summary.csv",
     "data/mini/claims.csv", "data/mini/beta_curve.csv", "data/mini_rl200/claims.csv", "data/mini_ft/claims.csv",
     "data/mini_ft/claims_rechecked.csv", "data/mini_ft/claims_stability.csv", "data/mini_conf/claims.csv",
-    "data/mini_conf/reported.csv",
+    "data/mini_conf/reported.csv", "data/mini_conf/claims_intervals.csv", "data/mini_conf/ood_transfer.csv",
+    "data/mini_conf/placebo.csv", "data/mini_conf/beta_curve_shared_seeds.csv",
 )
 
 

@@ -39,7 +39,82 @@ def test_run_json_records_config_versions_device_and_sha(tmp_path):
     assert info["versions"]["torch"].startswith("2.")
     assert info["device"]["cpu_count"] >= 1
     assert info["git_sha"]
-    assert set(run_info({})) == {"config", "versions", "device", "git_sha"}
+    keys = set(run_info({}))
+    assert {"config", "versions", "device", "git_sha"} <= keys <= {"config", "versions", "device", "git_sha", "dirty_files"}
+
+
+def _git_repo(root):
+    """A tiny git checkout: code, a notebook with one code cell and output, a result file."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+    (root / "code.py").write_text("x = 1\n")
+    (root / "data").mkdir()
+    (root / "data" / "r.csv").write_text("a\n1\n")
+    (root / "nb.ipynb").write_text(json.dumps(_notebook("print(1)", "1")))
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "start")
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def _notebook(source, output):
+    return {"cells": [{"cell_type": "code", "source": [source], "metadata": {"tags": []}, "execution_count": 1,
+                       "outputs": [{"output_type": "stream", "name": "stdout", "text": [output]}]}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_commit_stays_clean_when_only_outputs_of_a_run_differ(tmp_path, monkeypatch):
+    from gift_lite import repro
+
+    monkeypatch.setattr(repro, "repo_root", lambda: tmp_path)
+    sha = _git_repo(tmp_path)
+    assert repro.git_sha() == sha
+    (tmp_path / "nb.ipynb").write_text(json.dumps(_notebook("print(1)", "1\n")))  # papermill, in place
+    (tmp_path / "data" / "r.csv").write_text("a\n2\n")  # a result the run rewrote
+    assert repro.git_sha() == sha and repro.dirty_files() == []
+    assert "dirty_files" not in repro.run_info({})
+    (tmp_path / "nb.ipynb").write_text(json.dumps(_notebook("print(2)", "2")))  # its code changed
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert repro.git_sha() == sha + "+dirty"
+    assert repro.run_info({})["dirty_files"] == ["code.py", "nb.ipynb"]
+
+
+def test_run_json_is_kept_while_its_result_comes_out_the_same(tmp_path, monkeypatch):
+    from gift_lite import results
+
+    sha = {"now": "aaa"}
+    monkeypatch.setattr(results, "run_info", lambda config: {"config": config, "git_sha": sha["now"]})
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+
+    def run(config, values=frame):
+        write_csv(tmp_path / "x.csv", values)
+        write_run_json(tmp_path / "x_run.json", config)
+        return json.loads((tmp_path / "x_run.json").read_text())["git_sha"]
+
+    assert run({"beta": 1.0}) == "aaa"
+    sha["now"] = "bbb"
+    assert run({"beta": 1.0}) == "aaa"  # a replay: same bytes, same config
+    assert run({"beta": 2.0}) == "bbb"  # another config
+    sha["now"] = "ccc"
+    assert run({"beta": 2.0}, frame * 2) == "ccc"  # another result
+    sha["now"] = "ddd+dirty"
+    assert run({"beta": 2.0}, frame * 2) == "ccc"  # a dirty record never replaces a clean one
+    sha["now"] = "eee"
+    (tmp_path / "x_run.json").write_text(json.dumps({"config": {"beta": 2.0}, "git_sha": "ccc+dirty"}))
+    assert run({"beta": 2.0}, frame * 2) == "eee"  # a clean one replaces a dirty one
+
+
+def test_a_unit_file_records_the_commit_that_computed_it(tmp_path):
+    from gift_lite.repro import git_sha
+
+    write_csv(tmp_path / "units" / "rl" / "sft_betainf_seed0.csv", pd.DataFrame({"value": [0.5]}))
+    info = json.loads((tmp_path / "units" / "rl" / "sft_betainf_seed0_run.json").read_text())
+    assert info["git_sha"] == git_sha() and info["config"] == {"file": "sft_betainf_seed0.csv"}
+    write_csv(tmp_path / "results.csv", pd.DataFrame({"value": [0.5]}))
+    assert not (tmp_path / "results_run.json").exists()  # other result files get theirs from write_run_json
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):

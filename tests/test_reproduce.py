@@ -183,3 +183,34 @@ def test_make_help_lists_every_target():
                            text=True, timeout=30, check=True, env=env).stdout
     assert [line.split()[1] for line in shown.splitlines()] == phony
     assert all(re.search(rf"^{t}:", make, re.M) for t in phony)  # no target without a recipe (test-fast was one)
+
+
+def test_timings_are_recorded_per_notebook_and_preset_and_shown_as_one_table(tmp_path, monkeypatch):
+    from gift_lite import reproduce
+
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebook", lambda nb, target, preset, progress=True: ran.append((nb.name, preset)))
+    out = tmp_path / "timings.csv"
+    table = reproduce.record_timings(["smoke", "mini"], only=["01", "07"], out=out, log=lambda line: None)
+    assert ran == [("01_zero_vs_finite_temperature.ipynb", "smoke"), ("07_paper_tables.ipynb", "smoke"),
+                   ("01_zero_vs_finite_temperature.ipynb", "mini"), ("07_paper_tables.ipynb", "mini")]
+    assert list(table.columns) == ["notebook", "preset", "seconds", "load_before", "machine"]
+    assert out.read_text().splitlines()[0] == "notebook,preset,seconds,load_before,machine"
+    text = reproduce.timings_table(table.assign(seconds=[3, 5, 20, 40]))
+    assert text.splitlines()[:4] == ["| notebook | smoke (s) | mini replay (s) |", "|---|---:|---:|",
+                                     "| `01_zero_vs_finite_temperature` | 3 | 20 |", "| `07_paper_tables` | 5 | 40 |"]
+    assert f"Measured on {reproduce.machine()}" in text
+
+
+def test_readme_timings_are_the_committed_timing_file():
+    import pandas as pd
+
+    from gift_lite import reproduce
+
+    from gift_lite.repro import repo_root
+
+    readme = (repo_root() / "README.md").read_text(encoding="utf-8")
+    table = reproduce.timings_table(pd.read_csv(repo_root() / reproduce.TIMINGS))
+    assert f"<!-- timings:start -->\n{table}<!-- timings:end -->" in readme
+    timed = set(pd.read_csv(repo_root() / reproduce.TIMINGS)["notebook"])
+    assert timed == {nb.stem for nb in reproduce.notebooks()}  # every notebook, none left out

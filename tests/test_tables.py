@@ -195,7 +195,7 @@ def test_caveats_mark_their_cells_and_are_explained_in_the_notes(reported):
 def test_reported_file_is_fully_used(reported):
     assert list(reported.columns) == ["table", "model", "method", "stage", "benchmark", "metric", "value", "caveat",
                                       "source"]
-    assert reported["value"].map(float).notna().all() and (reported["source"].str.contains("FACTS.md")).all()
+    assert reported["value"].map(float).notna().all() and (reported["source"].str.contains("docs/paper.md")).all()
     used = sum(len(tables.reported_cells(reported, tables.layout(n))) for n in ("table1", "table2", "table3"))
     assert used == len(reported) == 16
 

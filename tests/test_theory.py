@@ -1,4 +1,4 @@
-"""Property checks of gift_lite.theory (FACTS §1) and of plotting.save_figure."""
+"""Property checks of gift_lite.theory (docs/paper.md §1) and of plotting.save_figure."""
 
 import math
 

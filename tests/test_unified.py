@@ -89,7 +89,17 @@ def test_luffy_loss_is_grpo_on_samples_plus_shaped_expert_term(policy):
         inputs = trainer._prepare_inputs(batch)
         loss = trainer._compute_loss(model, inputs)
     off, adv, mask = inputs["off_policy"], inputs["advantages"], inputs["completion_mask"].float()
-    assert off.sum() == 2 and torch.all(adv[off] >= 0)  # the expert is correct: at or above its group's mean
+    assert off.sum() == 2
+    # LUFFY's advantage (official grpo_use_std=False): reward minus the mean reward of the mixed group,
+    # the expert's reward inside the mean, no division by the group's std. Rewards recomputed here
+    # from the decoded completions; TRL shuffles the rows, so groups are found by their prompt.
+    prompts = tokenizer.batch_decode(inputs["prompt_ids"], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(inputs["completion_ids"] * inputs["completion_mask"], skip_special_tokens=True)
+    rewards = torch.tensor([countdown_reward_func([t], [[int(x) for x in p.split(">")[0].split()]],
+                                                  [int(p.split(">")[1][:-1])])[0] for p, t in zip(prompts, texts)])
+    assert set(prompts) == set(EXPERT) and rewards[off].tolist() == [1.0, 1.0]  # the expert solves its prompt
+    group_mean = torch.stack([rewards[[q == p for q in prompts]].mean() for p in prompts])
+    assert torch.allclose(adv, rewards - group_mean, atol=1e-6)
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     with torch.no_grad():
@@ -177,3 +187,23 @@ def test_relift_trains_through_run_grpo(policy):
     assert extra[0].sft_at  # a random tiny model fails every prompt: SFT steps ran
     with pytest.raises(ValueError, match="method='dft'"):
         unified.grpo_parts("dft", EXPERT, tokenizer, countdown_reward_func, buffer_size=1)
+
+
+def _learning_rates(trainer):
+    return [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+
+
+def test_unified_methods_keep_the_official_constant_learning_rate(policy):
+    """GRPOSettings' default schedule is TRL's linear decay; LUFFY and ReLIFT run at the official
+    constant rate unless the settings chose another schedule."""
+    model, tokenizer = policy
+    settings = _settings(max_steps=3)
+    assert unified.config_overrides(settings) == {"lr_scheduler_type": "constant"}
+    assert unified.config_overrides(_settings(lr_scheduler_type="cosine")) == {"lr_scheduler_type": "cosine"}
+    parts = unified.grpo_parts("relift", EXPERT, tokenizer, countdown_reward_func, buffer_size=1)
+    extra = parts.pop("callbacks")
+    with tempfile.TemporaryDirectory() as scratch:
+        config = grpo_config(settings, scratch, seed=0, use_cpu=True, disable_tqdm=True,
+                             **unified.config_overrides(settings))
+        trainer = run_grpo(model.train(), tokenizer, _prompts(), config=config, callbacks=extra, **parts)
+    assert _learning_rates(trainer) == [settings.learning_rate] * 3
