@@ -9,8 +9,9 @@ sampled EOS, so the cost follows the mean length instead.
 It draws the same random numbers as ``generate``: on the CPU, ``torch.multinomial(probs, 1)``
 is ``argmax(probs / q)`` with ``q = empty_like(probs).exponential_(1)`` (ATen's
 ``multinomial``, the exponential-race form), and ``generate`` draws ``q`` for the whole batch
-every step, finished rows included. So this loop draws ``q`` for the whole batch too and uses
-the rows still running: with the same seed it samples the same tokens as ``generate``, as long
+every step, finished rows included. So this loop draws the same ``q`` for the rows still running
+and moves the generator past the others' (``race``): with the same seed it samples the same tokens
+as ``generate``, as long
 as the logits of a row do not depend on which other rows share its batch (they do not on the
 CPU kernels the tests run; ``bench_real.py`` counts the identical rows on the real model).
 Logits processors are HF's own (``_get_logits_processor``), restricted to those that act row by
@@ -34,6 +35,28 @@ ROW_WISE = (lp.TemperatureLogitsWarper, lp.TopKLogitsWarper, lp.TopPLogitsWarper
 def _plain(model):
     """The class's ``generate`` (not an instance's patched one: see ``evaluate.prompts_shared_in_generate``)."""
     return type(model).generate.__get__(model)
+
+
+def race(rows: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of the exponential noise ``torch.multinomial`` draws for a (batch, V) ``like``: (A, V).
+
+    On the CPU the generator hands each float32 exponential 64 bits, element after element (a
+    (batch, V) draw's row i is what a V-element draw gives after i * V elements), so the rows of
+    finished samples are skipped with ``random_`` on int64, a third of the exponential's cost, and
+    the generator ends where ``multinomial`` leaves it. Elsewhere: the whole draw, then the rows.
+    """
+    vocab = like.shape[-1]
+    if like.device.type != "cpu":
+        return like.new_empty((batch, vocab)).exponential_(1)[rows]
+    out, start = like.new_empty((len(rows), vocab)), 0
+    for i, row in enumerate(rows.tolist()):
+        if row > start:
+            torch.empty((row - start) * vocab, dtype=torch.int64).random_()
+        out[i].exponential_(1)
+        start = row + 1
+    if start < batch:
+        torch.empty((batch - start) * vocab, dtype=torch.int64).random_()
+    return out
 
 
 def _unsupported(config, model_kwargs, processors) -> bool:
@@ -83,8 +106,7 @@ def generate_dropping_finished(model, input_ids: torch.Tensor, attention_mask: t
             scores = processors(torch.cat([input_ids[rows], new[rows, :step]], 1), scores)
         if config.do_sample:
             probs = torch.softmax(scores, dim=-1)
-            race = probs.new_empty((batch, probs.shape[1])).exponential_(1)  # every row, as generate
-            tokens = (probs / race[rows]).argmax(-1)
+            tokens = (probs / race(rows, batch, probs)).argmax(-1)  # torch.multinomial(probs, 1) of generate
         else:
             tokens = scores.argmax(-1)
         new[rows, step] = tokens

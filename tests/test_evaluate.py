@@ -12,7 +12,7 @@ from gift_lite.evaluate import (_decode_until_eos, evaluate_task, generate_shari
                                 response_token_metrics, sample_completions, token_entropy, topk_overlap,
                                 weight_geometry)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
-from gift_lite.sampling import generate_dropping_finished
+from gift_lite.sampling import generate_dropping_finished, race
 from gift_lite.world import Problem, build_tokenizer, set_special_tokens
 
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -296,3 +296,15 @@ def test_weight_geometry(tokenizer):
     assert flipped["cosine"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="param_name="):
         weight_geometry(a, b, param_name="nope")
+
+
+def test_race_is_multinomials_noise_for_the_running_rows():
+    """``sampling.race`` gives the rows of the (batch, V) exponential noise behind ``torch.multinomial``
+    and leaves the generator where a whole draw leaves it."""
+    probs = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)), -1)
+    rows = torch.tensor([1, 2, 4])
+    torch.manual_seed(5)
+    expected, after = torch.multinomial(probs, 1).squeeze(1), torch.rand(3)
+    torch.manual_seed(5)
+    noise = race(rows, 6, probs)
+    assert torch.equal((probs[rows] / noise).argmax(-1), expected[rows]) and torch.equal(torch.rand(3), after)
