@@ -59,8 +59,15 @@ def race(rows: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _unsupported(config, model_kwargs, processors) -> bool:
-    return bool(model_kwargs) or config.num_beams != 1 or config.num_return_sequences != 1 \
+def _random_forward(model) -> bool:
+    """Whether a forward pass draws random numbers (dropout in training mode): with fewer rows it
+    would draw fewer, and the samples would part from ``generate``'s."""
+    return model.training and (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+                               or bool(getattr(model.config, "attention_dropout", 0.0)))
+
+
+def _unsupported(model, config, model_kwargs, processors) -> bool:
+    return _random_forward(model) or bool(model_kwargs) or config.num_beams != 1 or config.num_return_sequences != 1 \
         or config.return_dict_in_generate or config.stop_strings is not None or config.max_time is not None \
         or config.cache_implementation is not None \
         or config.prompt_lookup_num_tokens is not None or not all(isinstance(p, ROW_WISE) for p in processors)
@@ -81,7 +88,7 @@ def generate_dropping_finished(model, input_ids: torch.Tensor, attention_mask: t
     model_kwargs.pop("use_cache", None)
     processors = model._get_logits_processor(config, input_ids_seq_length=input_ids.shape[1],
                                              device=input_ids.device, model_kwargs=model_kwargs)
-    if _unsupported(config, model_kwargs, processors):
+    if _unsupported(model, config, model_kwargs, processors):
         return _plain(model)(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                              generation_config=generation_config, **kwargs)
     eos = config.eos_token_id

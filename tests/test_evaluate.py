@@ -154,7 +154,8 @@ def test_dropping_finished_rows_gives_generate_tokens(tokenizer, peft, sampling)
 
 def test_dropping_finished_rows_with_trl_settings_and_fallback(tokenizer):
     """TRL's rollout call (a ``GenerationConfig`` with a list of EOS ids) takes the fast loop; what the
-    loop does not cover (beam search, a repetition penalty) goes to ``generate`` unchanged."""
+    loop does not cover (beam search, a repetition penalty, dropout in training mode) goes to
+    ``generate`` unchanged."""
     from transformers import GenerationConfig
 
     model = tiny_model(tokenizer)
@@ -171,6 +172,15 @@ def test_dropping_finished_rows_with_trl_settings_and_fallback(tokenizer):
         torch.manual_seed(0)
         fast, sizes = batch_sizes_seen(model, lambda: generate_dropping_finished(model, **batch, **kwargs))
         assert torch.equal(plain, fast) and (min(sizes) < len(plain)) == fast_loop, kwargs
+    dropout = add_lora(tiny_model(tokenizer), LoraSettings(r=4, lora_alpha=8, lora_dropout=0.5)).train()
+    for training in (True, False):  # dropout draws random numbers in training mode only
+        dropout.train(training)
+        torch.manual_seed(0)
+        plain = dropout.generate(**batch, generation_config=trl)
+        torch.manual_seed(0)
+        fast, sizes = batch_sizes_seen(dropout.get_base_model(),  # PEFT's generate calls the base model's
+                                       lambda: generate_dropping_finished(dropout, **batch, generation_config=trl))
+        assert torch.equal(plain, fast) and (min(sizes) < len(plain)) != training
 
 
 @pytest.mark.parametrize("share", [False, True])
