@@ -184,7 +184,8 @@ def arith_generation(args, out: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = real_data.resolve_model(settings, Path(tmp))
         model, tokenizer = real_data.load_policy(model_path, four_bit=False)
-        frame = pd.DataFrame([row for _ in range(args.repeats) for row in arith_generation_rows(model, tokenizer, args)])
+        rounds = [arith_generation_rows(model, tokenizer, args) for _ in range(args.repeats)]
+    frame = pd.DataFrame([row for rows in rounds for row in rows])
     keys = ["kind", "config"]
     table = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "mean_length", "ended", "tokens"]].median()
     table["same_as_generate"] = frame.groupby(keys, sort=False)["same_as_generate"].min()
