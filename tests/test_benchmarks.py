@@ -76,6 +76,22 @@ def test_bench_real_tiny_writes_csv_and_run_json(tmp_path):
     assert 0 < frame.set_index("kind").loc["quality", "mean_p_gold"] < 1
 
 
+def test_bench_real_tiny_arith_generation(tmp_path):
+    """``--arith-generation``: each regime's paths, their ratios to today's path, and the same samples."""
+    out = tmp_path / "real_generate.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real.py"), "--tiny", "--arith-generation",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(out).set_index("config")
+    assert list(frame.index) == [f"{r}/{p}" for r in ("eval_base", "eval_primed", "grpo_base")
+                                 for p in ("shared_prompts", "shared_drop_finished")]
+    assert (frame["tokens_per_s"] > 0).all() and (frame["same_as_generate"] == 1.0).all()
+    assert (frame.loc[frame.index.str.endswith("/shared_prompts"), "speedup"] == 1.0).all()
+    run = json.loads(out.with_name("real_generate_run.json").read_text())
+    assert run["config"]["tiny"] is True and "load_average_after" in run["config"]
+    assert "x today's path's useful tokens/s" in done.stdout
+
+
 def test_bench_real_refuses_a_bad_count(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real.py"), "--steps", "0",
                            "--out", str(tmp_path / "x.csv")], capture_output=True, text=True, timeout=60, cwd=ROOT)

@@ -12,6 +12,7 @@ from gift_lite.evaluate import (_decode_until_eos, evaluate_task, generate_shari
                                 response_token_metrics, sample_completions, token_entropy, topk_overlap,
                                 weight_geometry)
 from gift_lite.models import LoraSettings, TinyModelConfig, add_lora, tiny_qwen2
+from gift_lite.sampling import generate_dropping_finished, race
 from gift_lite.world import Problem, build_tokenizer, set_special_tokens
 
 TINY = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -101,6 +102,99 @@ def test_sharing_the_prompts_gives_the_same_samples(tokenizer, peft):
     b = sample_completions(model, tokenizer, PROMPTS, num_samples=4, max_new_tokens=8, batch_size=5, seed=7,
                            share_prompts=True)
     assert a == b
+
+
+def lora_model(tokenizer):
+    model = add_lora(tiny_model(tokenizer), LoraSettings(r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def batch_sizes_seen(model, run):
+    """``run()``'s result and the batch size of each forward pass it made."""
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda m, a, k: sizes.append(len(k["input_ids"])), with_kwargs=True)
+    try:
+        return run(), sizes
+    finally:
+        hook.remove()
+
+
+SAMPLING = [{"do_sample": False}, {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+            {"do_sample": True, "temperature": 0.6, "top_k": 0, "top_p": 1.0},
+            {"do_sample": True, "temperature": 0.8, "top_k": 5, "top_p": 0.9}]
+
+
+@pytest.mark.parametrize("peft", [False, True])
+@pytest.mark.parametrize("sampling", SAMPLING, ids=["greedy", "t1", "t0.6", "topk_topp"])
+def test_dropping_finished_rows_gives_generate_tokens(tokenizer, peft, sampling):
+    """The decode loop that drops ended rows returns generate's tensor (tokens, pad after EOS,
+    width of the longest), greedy and sampled with one seed, alone and after a shared prompt."""
+    model = lora_model(tokenizer) if peft else tiny_model(tokenizer)
+    rows = [PROMPTS[0]] * 3 + [PROMPTS[2]] * 4 + [PROMPTS[1], PROMPTS[0]]
+    batch = tokenizer(rows, return_tensors="pt", padding=True, padding_side="left")
+    kwargs = dict(max_new_tokens=24, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                  **sampling)
+    torch.manual_seed(3)
+    plain = model.generate(**batch, **kwargs)
+    torch.manual_seed(3)
+    fast, sizes = batch_sizes_seen(model, lambda: generate_dropping_finished(model, **batch, **kwargs))
+    assert torch.equal(plain, fast)
+    torch.manual_seed(3)
+    shared = generate_sharing_prompts(model, batch["input_ids"], batch["attention_mask"],
+                                      generate=lambda **kw: generate_dropping_finished(model, **kw), **kwargs)
+    assert torch.equal(plain, shared)
+    if sampling["do_sample"]:  # sampled rows end at different steps, and ended rows left the batch
+        ended = (plain[:, batch["input_ids"].shape[1]:] == tokenizer.eos_token_id).any(1)
+        assert 0 < ended.sum() < len(rows) and min(sizes) < len(rows) == sizes[0]
+
+
+def test_dropping_finished_rows_with_trl_settings_and_fallback(tokenizer):
+    """TRL's rollout call (a ``GenerationConfig`` with a list of EOS ids) takes the fast loop; what the
+    loop does not cover (beam search, a repetition penalty, dropout in training mode) goes to
+    ``generate`` unchanged."""
+    from transformers import GenerationConfig
+
+    model = tiny_model(tokenizer)
+    batch = tokenizer([PROMPTS[0]] * 4 + [PROMPTS[1]] * 4, return_tensors="pt", padding=True, padding_side="left")
+    trl = GenerationConfig(max_new_tokens=16, do_sample=True, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=[tokenizer.eos_token_id], temperature=1.0, top_p=1.0, top_k=0,
+                           repetition_penalty=1.0, disable_compile=True)
+    beams = {"max_new_tokens": 6, "num_beams": 2, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    penalty = {"max_new_tokens": 16, "do_sample": True, "top_k": 0, "repetition_penalty": 1.3,
+               "pad_token_id": tokenizer.pad_token_id}
+    for kwargs, fast_loop in (({"generation_config": trl}, True), (beams, False), (penalty, False)):
+        torch.manual_seed(0)
+        plain = model.generate(**batch, **kwargs)
+        torch.manual_seed(0)
+        fast, sizes = batch_sizes_seen(model, lambda: generate_dropping_finished(model, **batch, **kwargs))
+        assert torch.equal(plain, fast) and (min(sizes) < len(plain)) == fast_loop, kwargs
+    dropout = add_lora(tiny_model(tokenizer), LoraSettings(r=4, lora_alpha=8, lora_dropout=0.5)).train()
+    for training in (True, False):  # dropout draws random numbers in training mode only
+        dropout.train(training)
+        torch.manual_seed(0)
+        plain = dropout.generate(**batch, generation_config=trl)
+        torch.manual_seed(0)
+        fast, sizes = batch_sizes_seen(dropout.get_base_model(),  # PEFT's generate calls the base model's
+                                       lambda: generate_dropping_finished(dropout, **batch, generation_config=trl))
+        assert torch.equal(plain, fast) and (min(sizes) < len(plain)) != training
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_sample_completions_drop_finished_is_the_old_path(tokenizer, share):
+    """``drop_finished`` (the default) samples the texts and truncation flags of the path the committed
+    units were sampled with (``drop_finished=False``: ``model.generate``) under one seed."""
+    model = lora_model(tokenizer)
+    kwargs = dict(num_samples=6, max_new_tokens=12, batch_size=9, seed=4, return_ended=True, share_prompts=share)
+    for temperature in (0.0, 0.6, 1.0):
+        old, old_ended = sample_completions(model, tokenizer, PROMPTS, temperature=temperature, drop_finished=False,
+                                            **kwargs)
+        new, new_ended = sample_completions(model, tokenizer, PROMPTS, temperature=temperature, **kwargs)
+        assert new == old and np.array_equal(new_ended, old_ended), temperature
+    assert 0 < new_ended.sum() < new_ended.size  # some samples ended before the limit, some did not
 
 
 def test_evaluate_task_scores_with_the_reward(tokenizer):
@@ -212,3 +306,15 @@ def test_weight_geometry(tokenizer):
     assert flipped["cosine"] == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="param_name="):
         weight_geometry(a, b, param_name="nope")
+
+
+def test_race_is_multinomials_noise_for_the_running_rows():
+    """``sampling.race`` gives the rows of the (batch, V) exponential noise behind ``torch.multinomial``
+    and leaves the generator where a whole draw leaves it."""
+    probs = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(0)), -1)
+    rows = torch.tensor([1, 2, 4])
+    torch.manual_seed(5)
+    expected, after = torch.multinomial(probs, 1).squeeze(1), torch.rand(3)
+    torch.manual_seed(5)
+    noise = race(rows, 6, probs)
+    assert torch.equal((probs[rows] / noise).argmax(-1), expected[rows]) and torch.equal(torch.rand(3), after)

@@ -79,11 +79,13 @@ def test_frozen_adapter_is_refused(tiny_model_dir, tokenizer, tmp_path):
 
 
 def test_shared_prompts_change_no_number_of_a_grpo_run(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
-    """The fast rollout (one forward pass over a prompt for its group) under full fine-tuning: the same
-    seed gives the same curve and weights, and so does the plain rollout."""
-    calls = []
-    shared_generate = evaluate.generate_sharing_prompts
+    """The fast rollout (one forward pass over a prompt for its group, finished rollouts leaving the
+    batch) under full fine-tuning: the same seed gives the same curve and weights, and so does the
+    plain rollout (``model.generate``)."""
+    calls, decodes = [], []
+    shared_generate, decode = evaluate.generate_sharing_prompts, evaluate.generate_dropping_finished
     monkeypatch.setattr(evaluate, "generate_sharing_prompts", lambda *a, **k: calls.append(1) or shared_generate(*a, **k))
+    monkeypatch.setattr(evaluate, "generate_dropping_finished", lambda *a, **k: decodes.append(1) or decode(*a, **k))
     prompts = Dataset.from_list([{"prompt": p} for p in ("3 5 7>26:", "2 4 6>12:", "1 1 8>9:", "9 9>18:")])
     settings = GRPOSettings(num_generations=4, per_device_train_batch_size=8, max_completion_length=6,
                             max_steps=3, learning_rate=1e-2, gradient_checkpointing=False)
@@ -96,7 +98,7 @@ def test_shared_prompts_change_no_number_of_a_grpo_run(tiny_model_dir, tokenizer
         runs.append((reward_curve(trainer), {n: p.detach().clone() for n, p in policy.named_parameters()}))
         assert "generate" not in vars(policy)
     (first, weights), (again, weights_again), (plain, weights_plain) = runs
-    assert len(calls) == 2 * settings.max_steps  # TRL's rollouts went through it, once a step
+    assert len(calls) == len(decodes) == 2 * settings.max_steps  # TRL's rollouts went through it, once a step
     assert first.equals(again) and all(torch.equal(weights[n], weights_again[n]) for n in weights)
     assert first["reward"].tolist() == plain["reward"].tolist()
     for name in weights:
