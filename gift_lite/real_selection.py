@@ -84,14 +84,20 @@ def beta_star(gold: pd.DataFrame) -> float:
     return float(f"{value:.2g}")
 
 
+def _finished(settings: RealSettings, sel_dir: Path, stage: str, key: str) -> tuple[Path, pd.DataFrame | None]:
+    """A selection unit's file, and its rows if it is already computed (after the folder's settings guard)."""
+    check_unit_settings(sel_dir, settings, ignore=IGNORED)
+    path = unit_path(sel_dir, stage, key)
+    return path, (pd.read_csv(path) if path.exists() else None)
+
+
 def run_sft_selection(settings: RealSettings, model_path: str, data: RealData, sel_dir: Path,
                       seed: int = 0) -> pd.DataFrame:
     """SFT for ``select.max_epochs`` epochs with the held-out NLL after each (``units/sft_select/``)."""
-    check_unit_settings(sel_dir, settings, ignore=IGNORED)
     key = unit_key("sft", INF, seed)
-    path = unit_path(sel_dir, "sft_select", key)
-    if path.exists():
-        return pd.read_csv(path)
+    path, done = _finished(settings, sel_dir, "sft_select", key)
+    if done is not None:
+        return done
     tokenizer = load_tokenizer(model_path)
     data = with_chat_template(data, tokenizer, settings.chat_template)
     rows = filter_by_length(data.sft, tokenizer, settings.init.max_length)[0]
@@ -107,11 +113,10 @@ def run_sft_selection(settings: RealSettings, model_path: str, data: RealData, s
 def run_rl_selection(settings: RealSettings, model_path: str, data: RealData, sel_dir: Path,
                      seed: int = 0) -> pd.DataFrame:
     """RL only for ``select.rl_max_steps`` steps with its validation curve (``units/rl_select/``)."""
-    check_unit_settings(sel_dir, settings, ignore=IGNORED)
     key = unit_key("rl_only", INF, seed)
-    path = unit_path(sel_dir, "rl_select", key)
-    if path.exists():
-        return pd.read_csv(path)
+    path, done = _finished(settings, sel_dir, "rl_select", key)
+    if done is not None:
+        return done
     long = replace(settings, method="rl_only", rl=replace(settings.rl, max_steps=settings.select.rl_max_steps))
     callback = validation_curve(settings, model_path, sel_dir, "rl_select", key, seed)
     trainer = train_grpo(long, model_path, data, sel_dir, seed, "rl_only", key, stage="rl_select",
