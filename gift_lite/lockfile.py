@@ -40,10 +40,11 @@ def platform_tag() -> str:
 
 
 def installed() -> dict[str, str]:
-    """Every distribution in the running environment, canonical name -> version, the project aside."""
-    found = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    found.pop(PROJECT, None)
-    return dict(sorted(found.items()))
+    """Every distribution in the running environment, name as ``pip freeze`` spells it -> version,
+    the project aside, in canonical-name order."""
+    found = {d.metadata["Name"]: d.version for d in metadata.distributions()
+             if canonicalize_name(d.metadata["Name"]) != PROJECT}
+    return dict(sorted(found.items(), key=lambda item: canonicalize_name(item[0])))
 
 
 def render(packages: dict[str, str]) -> str:
@@ -79,7 +80,9 @@ def read(path: Path | None = None) -> tuple[str | None, dict[str, Requirement]]:
 
 
 def differences(pins: dict[str, Requirement], present: dict[str, str]) -> list[str]:
-    """One line per package whose installed version the lock does not admit, or that only one side has."""
+    """One line per package whose installed version the lock does not admit, or that only one side has
+    (``pins`` by canonical name, as ``read`` gives them; ``present`` by any spelling)."""
+    present = {canonicalize_name(name): version for name, version in present.items()}
     out = []
     for name, req in pins.items():
         if name not in present:
