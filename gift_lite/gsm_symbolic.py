@@ -4,7 +4,7 @@
 from GSM8K (``reasoning_gym/arithmetic/gsm_symbolic/generators_00_49.py`` and ``_50_99.py``); each
 draw has a ``question``, an ``answer`` and ``metadata.answer_cot``, a GSM8K-style chain of thought
 ending ``#### N``. Its package imports every task it has (~320 MB of dependencies), so the rows
-are generated once by ``python -m gift_lite.gsm_symbolic`` (which needs it) and committed under
+are generated once by ``python -m gift_lite.gsm_symbolic --out data/gsm_symbolic`` (which needs it) and committed under
 ``data/gsm_symbolic/``; nothing else imports it.
 
 Splits, all disjoint by question text:
@@ -119,10 +119,11 @@ def write_splits(splits: dict[str, list[dict]], config: GSMSymbolicConfig, out_d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gift_lite.gsm_symbolic",
                                      description=f"Generate data/gsm_symbolic/ (needs {GENERATOR})")
-    parser.add_argument("--out", type=Path, default=None, help=f"folder (default: {FOLDER})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder (default: scratch/gsm_symbolic; the committed rows are {FOLDER})")
     args = parser.parse_args(argv)
     config = GSMSymbolicConfig()
-    out_dir = args.out or repo_root() / FOLDER
+    out_dir = args.out or repo_root() / "scratch" / "gsm_symbolic"
     write_splits(generate(config), config, out_dir)
     print(out_dir)
     return 0
