@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from gift_lite.evaluate import gold_probs, suggest_beta

@@ -8,7 +8,7 @@ import pytest
 
 from gift_lite import arith, real, real_data, real_selection, real_settings
 from gift_lite.data import check_splits, load_benchmark, load_sft, math_prompt
-from gift_lite.real_settings import INF, RealSelection
+from gift_lite.real_settings import RealSelection
 from gift_lite.repro import repo_root
 
 ARITH = repo_root() / arith.FOLDER
