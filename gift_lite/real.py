@@ -272,9 +272,11 @@ def model_rows(model, lora: LoraSettings) -> list[dict]:
             (("model/parameters", n_params), ("model/nf4_layers", n_4bit), ("model/lora_parameters", n_lora))]
 
 
-def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
-    """Evaluate the untouched base once (stage ``base``); cached like every unit."""
-    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
+def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path,
+                  ignore: tuple[str, ...] = PER_UNIT_FIELDS) -> pd.DataFrame:
+    """Evaluate the untouched base once (stage ``base``); cached like every unit. ``ignore``: the
+    settings the folder's guard leaves out (a selection folder also leaves out what it chooses)."""
+    check_unit_settings(data_dir, settings, ignore=ignore)
     path = unit_path(data_dir, "base", "base")
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
@@ -288,10 +290,12 @@ def run_base_unit(settings: RealSettings, model_path: str, data: RealData, data_
     return frame
 
 
-def run_beta_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path) -> pd.DataFrame:
+def run_beta_unit(settings: RealSettings, model_path: str, data: RealData, data_dir: Path,
+                  ignore: tuple[str, ...] = PER_UNIT_FIELDS) -> pd.DataFrame:
     """The base's probability of every expert token of the SFT rows (``units/beta/gold_probs.csv``):
-    what decides how far GIFT's target is from one-hot at each β (``evaluate.gold_probs``)."""
-    check_unit_settings(data_dir, settings, ignore=PER_UNIT_FIELDS)
+    what decides how far GIFT's target is from one-hot at each β (``evaluate.gold_probs``);
+    ``ignore`` as in ``run_base_unit``."""
+    check_unit_settings(data_dir, settings, ignore=ignore)
     path = unit_path(data_dir, "beta", "gold_probs")
     if path.exists():
         return pd.read_csv(path)

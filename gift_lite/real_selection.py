@@ -153,7 +153,7 @@ def run_selection(settings: RealSettings, data: RealData, data_dir: Path) -> dic
     sel = selection_dir(data_dir)
     model_path = resolve_model(settings, sel)
     for step in (run_beta_unit, run_base_unit):
-        step(settings, model_path, data, sel)
+        step(settings, model_path, data, sel, ignore=IGNORED)
     run_sft_selection(settings, model_path, data, sel)
     run_rl_selection(settings, model_path, data, sel)
     return choices(settings, data_dir)

@@ -134,6 +134,7 @@ def test_the_selection_stage_runs_resumes_and_checks_the_preset(tmp_path):
     held = replace(SMOKE, beta=chosen["beta_star"], init=replace(SMOKE.init, num_train_epochs=float(chosen["epochs"])),
                    rl=replace(SMOKE.rl, max_steps=chosen["steps"]))
     assert real_selection.check_preset(held, tmp_path) == []  # the guard leaves the chosen fields out
+    assert real_selection.run_selection(held, data, tmp_path) == chosen  # and so does every selection unit's
     assert real_selection.check_preset(SMOKE, tmp_path)[0].startswith("beta_star: preset 20.0")
     with pytest.raises(ValueError, match="holds units made with other settings"):
         real_selection.run_selection(replace(SMOKE, n_sft=5), data, tmp_path)
