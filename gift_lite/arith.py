@@ -17,6 +17,7 @@ Every answer is an integer, graded by ``arith_reward``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -35,6 +36,8 @@ FAMILIES = {
     "products": ("products", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
     "letter_counting": ("letter_counting", {"min_words": 5, "max_words": 8}),
 }
+# each test file's family: the ID test's problems are chain sums, each OOD test is a family of its own
+TESTS = {"test_id": "chain_sum", "test_products": "products", "test_letters": "letter_counting"}
 INTEGER = re.compile(r"[-−]?\d+")
 OPERATION = re.compile(r"^-?\d+(?: [+-] \d+)+$")
 
@@ -139,9 +142,10 @@ def generate(config: ArithConfig = ArithConfig()) -> dict[str, list[dict]]:
     splits["sft"] = [{"id": _problem("chain_sum", i, ex)["id"], "prompt": math_prompt(ex["question"]),
                       "completion": chain_solution(ex["metadata"]["expression"], str(ex["answer"]))}
                      for i, ex in _take(chain, config.n_sft, "chain_sum", "sft")]
-    for family, name, n in (("products", "test_products", config.n_test_products),
-                            ("letter_counting", "test_letters", config.n_test_letters)):
-        splits[name] = [_problem(family, *d) for d in _take(_draws(family, config, seen), n, family, name)]
+    for name, family in TESTS.items():
+        if family != "chain_sum":
+            n = getattr(config, f"n_{name}")
+            splits[name] = [_problem(family, *d) for d in _take(_draws(family, config, seen), n, family, name)]
     return splits
 
 
@@ -153,6 +157,12 @@ def write(config: ArithConfig, out_dir: Path) -> dict[str, list[dict]]:
         "families": {k: {"dataset": v[0], **v[1]} for k, v in FAMILIES.items()},
         "constant_guess": {name: {"answer": a, "accuracy": round(acc, 4)} for name, (a, acc) in guesses.items()}})
     return splits
+
+
+def constant_guesses(folder: str | Path = FOLDER) -> dict[str, float]:
+    """Each split's constant-guess accuracy, as ``generate_run.json`` in ``folder`` records it."""
+    record = json.loads((repo_root() / folder / "generate_run.json").read_text())
+    return {name: guess["accuracy"] for name, guess in record["constant_guess"].items()}
 
 
 def main(argv: list[str] | None = None) -> int:

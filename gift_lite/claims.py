@@ -12,7 +12,7 @@ Reads data only; never imports training code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
@@ -168,13 +168,19 @@ class ProtocolData:
         self.results, self.counts, self.val_counts = results, counts, val_counts
         self.num_samples, self.curve_samples = num_samples, curve_samples
 
-    def scores(self, method: str, beta: float, stage: str, split: str, k: int = 1) -> pd.DataFrame:
+    def scores(self, method: str, beta: float, stage: str, split: str, k: int = 1,
+               family: str | None = None) -> pd.DataFrame:
+        """(problems x seeds) scores of one start; ``family``: only the problems whose id starts with
+        ``<family>-`` (a split that pools several task families, as the real arith run's OOD)."""
         from gift_lite.stats import problem_scores
 
         c = self.counts
         rows = c[(c["method"] == method) & (c["beta"] == beta) & (c["stage"] == stage) & (c["split"] == split)]
+        if family is not None:
+            rows = rows[rows["problem_id"].str.startswith(f"{family}-")]
         if rows.empty:
-            raise ValueError(f"no per-problem counts for {method} beta={beta:g} at stage={stage!r}, split={split!r}")
+            raise ValueError(f"no per-problem counts for {method} beta={beta:g} at stage={stage!r}, split={split!r}"
+                             + (f", family={family!r}" if family is not None else ""))
         return problem_scores(rows, self.num_samples, k)
 
     def seed_values(self, method: str, beta: float, stage: str, metric: str) -> list[float]:
@@ -234,6 +240,12 @@ def confirmatory_rule() -> Rule:
     from gift_lite.stats import random_effects_difference, welch_difference
 
     return Rule(CONF_MARGINS, random_effects_difference, welch_difference, peak_seeds=(0, 1, 2))
+
+
+def real_arith_rule(n_boot: int | None = None) -> Rule:
+    """data/real_arith/PROTOCOL.md §5: the pilot's two-way bootstrap with the confirmatory margins
+    (two points after RL on ID, four on OOD; claim 1's as the pilot's), β̂ over all seeds."""
+    return replace(pilot_rule(n_boot), margins=CONF_MARGINS)
 
 
 def peak_table(data: ProtocolData, betas: tuple[float, ...], seeds: tuple[int, ...]) -> pd.DataFrame:

@@ -30,8 +30,8 @@ from gift_lite.rewards import countdown_reward_func
 from gift_lite.rl import GRPOSettings, ValidationCurve, grpo_config, reward_curve, run_grpo
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.unified import UNIFIED, config_overrides, grpo_parts
-from gift_lite.units import (adapter_dir, check_unit_settings, one_thread, problem_counts, recorded_settings_match,
-                             run_pool, unit_key, unit_path, with_added_fields)
+from gift_lite.units import (adapter_dir, check_unit_settings, labelled, one_thread, problem_counts,
+                             recorded_settings_match, run_pool, unit_key, unit_path, with_added_fields)
 from gift_lite.world import PretrainConfig, World, WorldConfig, build_world, expert_solution, pretrain_base
 
 INF = float("inf")
@@ -264,7 +264,7 @@ def run_base_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir
     model, tokenizer = load_policy(base_dir)
     counts = []
     rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=0, base_model=model, counts=counts)
-    write_csv(unit_path(data_dir, "base_problems", "base"), _label(pd.DataFrame(counts), "base", 0.0, 0))
+    write_csv(unit_path(data_dir, "base_problems", "base"), labelled(pd.DataFrame(counts), "base", 0.0, 0))
     frame = long_rows(rows, method="base", beta=0.0, seed=0, stage="base")
     write_csv(path, frame)
     return frame
@@ -343,7 +343,7 @@ def run_init_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir
     base = load_base(base_dir, settings)
     counts = []
     rows = evaluate_policy(model, tokenizer, world, settings.eval, seed=seed, base_model=base, counts=counts)
-    write_csv(unit_path(data_dir, "init_problems", key), _label(pd.DataFrame(counts), method, beta, seed))
+    write_csv(unit_path(data_dir, "init_problems", key), labelled(pd.DataFrame(counts), method, beta, seed))
     rows.append({"split": "", "metric": "train/loss", "value": stats["train/loss"]})
     start = base.state_dict() if base is not None else _base_state(model)
     rows += _geometry_rows(start, model, "geometry/base_to_init")
@@ -399,12 +399,6 @@ def train_rl(world: World, settings: MiniSettings, policy, tokenizer, seed: int,
     return curve, validation, counts
 
 
-def _label(frame: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
-    for name, value in (("seed", seed), ("beta", beta), ("method", method)):
-        frame.insert(0, name, value)
-    return frame
-
-
 def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: Path, method: str,
                 beta: float, seed: int) -> pd.DataFrame:
     """GRPO from one initialiser (``rl_only``: from the base), then evaluate (stage ``rl``).
@@ -431,10 +425,10 @@ def run_rl_unit(world: World, settings: MiniSettings, base_dir: Path, data_dir: 
     if "sft_step" in curve:
         rows.append({"split": "", "metric": "rl/sft_steps", "value": float(curve["sft_step"].sum())})
     if len(validation):
-        write_csv(unit_path(data_dir, "rl_val", key), _label(validation, method, beta, seed))
-        write_csv(unit_path(data_dir, "rl_val_problems", key), _label(val_counts, method, beta, seed))
-    write_csv(unit_path(data_dir, "rl_problems", key), _label(pd.DataFrame(counts), method, beta, seed))
-    write_csv(unit_path(data_dir, "rl_curves", key), _label(curve, method, beta, seed))
+        write_csv(unit_path(data_dir, "rl_val", key), labelled(validation, method, beta, seed))
+        write_csv(unit_path(data_dir, "rl_val_problems", key), labelled(val_counts, method, beta, seed))
+    write_csv(unit_path(data_dir, "rl_problems", key), labelled(pd.DataFrame(counts), method, beta, seed))
+    write_csv(unit_path(data_dir, "rl_curves", key), labelled(curve, method, beta, seed))
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     return frame

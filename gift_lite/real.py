@@ -55,7 +55,7 @@ from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rl import ValidationCurve, grpo_config, reward_curve, run_grpo, trapezoid_mean
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
-                             output_folder, problem_counts, unit_key, unit_path)
+                             labelled, output_folder, problem_counts, unit_key, unit_path)
 
 COUNT_COLUMNS = ("method", "beta", "seed", "split", "problem_id", "correct")  # as the miniature's *_problems/
 # What an accelerate config's distributed_type asks for: the variable `accelerate launch` sets.
@@ -434,11 +434,9 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     rows += _perf_rows("rl", stats, tokens)
     if curve_callback:
         rows += validation_rows(curve_callback)
-        write_csv(unit_path(data_dir, "rl_validation", key),
-                  pd.DataFrame(curve_callback.counts).assign(method=method, beta=beta, seed=seed))
-    for name, value in (("seed", seed), ("beta", beta), ("method", method)):
-        curve.insert(0, name, value)
-    write_csv(unit_path(data_dir, "rl_curves", key), curve)
+        for stage, table in (("rl_val", curve_callback.rows), ("rl_val_problems", curve_callback.counts)):
+            write_csv(unit_path(data_dir, stage, key), labelled(pd.DataFrame(table), method, beta, seed))
+    write_csv(unit_path(data_dir, "rl_curves", key), labelled(curve, method, beta, seed))
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     shutil.rmtree(checkpoint_dir(data_dir, "rl", key), ignore_errors=True)

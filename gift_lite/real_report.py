@@ -1,19 +1,23 @@
 """What notebook 06 shows of a real-model run: seed-mean tables, the run's sources, takeaways.
 
-Everything here reads the run's long results table (``units.collect`` of its units) and the
-claim-1 table (``claims.claim1_table``); nothing trains or loads a model.
+Everything here reads the run's long results table (``units.collect`` of its units), the
+claim-1 table (``claims.claim1_table``) and, for the arith protocol, the per-problem counts
+(``claims.ProtocolData``); nothing trains or loads a model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from gift_lite import smollm2
+from gift_lite.claims import ProtocolData, Rule
 from gift_lite.gsm_symbolic import FOLDER as GSM_FOLDER
 from gift_lite.repro import repo_root
+from gift_lite.units import unit_key, unit_path
 
 INF = math.inf
 
@@ -97,3 +101,49 @@ def takeaways(results: pd.DataFrame, curves: pd.DataFrame, claim1: pd.DataFrame 
                      f"{_mean(results, 'rl', method, beta, 'pass@1', 'id'):.3f}.")
     return lines
 
+
+
+# -- the arith protocol (data/real_arith/PROTOCOL.md): its section of notebook 06 ----------------------
+def grid_progress(settings, data_dir: Path) -> pd.DataFrame:
+    """Every unit of the grid in run order (initialisers, then GRPO), and whether its file exists."""
+    units = [("init", *u) for u in settings.init_units()] + [("rl", *u) for u in settings.rl_units()]
+    return pd.DataFrame([{"stage": stage, "unit": unit_key(m, b, s),
+                          "done": unit_path(data_dir, stage, unit_key(m, b, s)).exists()} for stage, m, b, s in units])
+
+
+def before_rl(method: str, beta: float) -> tuple[str, float, str]:
+    """What GRPO from ``(method, beta)`` starts from, as ``(method, beta, stage)``: RL only starts
+    from the base, every other start from its initialiser."""
+    return ("base", 0.0, "base") if method == "rl_only" else (method, beta, "init")
+
+
+def rl_gains(data: ProtocolData, starts: list[tuple[str, float]], rule: Rule, split: str = "id") -> pd.DataFrame:
+    """Does RL learn? For each start, ``split`` pass@1 after RL minus before (``before_rl``) with
+    ``rule``'s interval: RL has learned from a start when the lower end is above 0, that is when the
+    gain exceeds the interval's half-width (PROTOCOL.md §5)."""
+    rows = []
+    for method, beta in starts:
+        after = data.scores(method, beta, "rl", split)
+        d = rule.paired(after, data.scores(*before_rl(method, beta), split), what=f"{_label(method, beta)}: rl - start",
+                        sign=1, margin=0.0)
+        rows.append({"start": _label(method, beta), "seeds": after.shape[1], "before": d.b, "after": d.a,
+                     "gain": d.estimate, "low": d.low, "high": d.high, "half_width": (d.high - d.low) / 2,
+                     "learned": d.low > 0})
+    return pd.DataFrame(rows)
+
+
+def family_changes(data: ProtocolData, starts: list[tuple[str, float]], families: dict[str, str],
+                   rule: Rule) -> pd.DataFrame:
+    """Each start's pass@1 on each task family (``families``: family -> split), before RL (the
+    initialisers) and after, minus the base's, with ``rule``'s interval: forgetting below 0,
+    transfer above; reported without a verdict (PROTOCOL.md §5, claim 3)."""
+    rows = []
+    for family, split in families.items():
+        base = data.scores("base", 0.0, "base", split, family=family)
+        units = [(m, b, "init") for m, b in starts if m != "rl_only"] + [(m, b, "rl") for m, b in starts]
+        for method, beta, stage in units:
+            d = rule.paired(data.scores(method, beta, stage, split, family=family), base,
+                            what=f"{family}: {_label(method, beta)} ({stage}) - base", sign=1, margin=0.0)
+            rows.append({"family": family, "split": split, "stage": stage, "start": _label(method, beta),
+                         "pass@1": d.a, "base": d.b, "diff": d.estimate, "low": d.low, "high": d.high})
+    return pd.DataFrame(rows)

@@ -34,6 +34,9 @@ from gift_lite.rl import budget, reward_curve, smoothed_curve
 from gift_lite.units import adapter_dir, check_unit_settings, unit_key, unit_path
 
 IGNORED = PER_UNIT_FIELDS + SELECTED_FIELDS
+# The base check (data/real_arith/PROTOCOL.md §3.2): the run goes on only if the base's ID pass@1
+# lies in this range and each OOD test's pass@1 is at least BASE_OOD_MIN.
+BASE_ID_RANGE, BASE_OOD_MIN = (0.05, 0.60), 0.05
 
 
 def selection_dir(data_dir: Path) -> Path:
@@ -76,6 +79,23 @@ def pick_epochs(table: pd.DataFrame) -> int:
 def pick_steps(table: pd.DataFrame, n_samples: int, cap: int) -> int:
     """The miniature's GRPO budget rule (``protocol.budget``) on RL only's validation curve."""
     return budget(smoothed_curve(table.assign(learning_rate=0.0), 0.0), n_samples, cap)
+
+
+def base_check(base: pd.DataFrame, constant_guess: dict[str, float]) -> pd.DataFrame:
+    """The base check, one row per test of the base unit's rows (``run_base_unit``): its pass@1,
+    truncated share, constant-guess accuracy (``constant_guess``: test -> accuracy), the bound it
+    must meet and whether it does."""
+    rows = []
+    for metric in (m for m in base["metric"] if "/" in m and m.endswith("/pass@1")):  # the tests in file order
+        test = metric.split("/")[0]
+        picked = base[base["metric"].str.startswith(test + "/")].set_index("metric")
+        split, value = picked.loc[metric, "split"], float(picked.loc[metric, "value"])
+        low, high = BASE_ID_RANGE if split == "id" else (BASE_OOD_MIN, 1.0)
+        rows.append({"test": test, "split": split, "pass@1": value,
+                     "truncated": float(picked.loc[f"{test}/truncated", "value"]),
+                     "constant_guess": constant_guess.get(test, math.nan),
+                     "bound": f"[{low:g}, {high:g}]", "passes": low <= value <= high})
+    return pd.DataFrame(rows)
 
 
 def beta_star(gold: pd.DataFrame) -> float:

@@ -101,6 +101,13 @@ def adapter_dir(data_dir: Path, stage: str, key: str) -> Path:
     return Path(data_dir) / "adapters" / stage / key
 
 
+def labelled(frame: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
+    """``frame`` (changed in place) with its unit's ``method, beta, seed`` as its first columns."""
+    for name, value in (("seed", seed), ("beta", beta), ("method", method)):
+        frame.insert(0, name, value)
+    return frame
+
+
 def problem_counts(problems, correct, **labels) -> list[dict]:
     """One row per problem: its id and its number of correct samples (``correct``: (P, S) rewards)."""
     hits = (np.asarray(correct) > 0.5).sum(axis=1)

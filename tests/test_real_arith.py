@@ -1,4 +1,4 @@
-"""The second real-model protocol: its data (gift_lite.arith), grader, preset and selection stage."""
+"""The second real-model protocol: its data (gift_lite.arith), grader, preset, selection stage and report."""
 
 import json
 from dataclasses import replace
@@ -6,7 +6,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from gift_lite import arith, real, real_data, real_selection, real_settings
+from gift_lite import arith, claims, real, real_data, real_report, real_selection, real_settings, units
 from gift_lite.data import check_splits, load_benchmark, load_sft, math_prompt
 from gift_lite.real_settings import RealSelection
 from gift_lite.repro import repo_root
@@ -156,3 +156,58 @@ def test_the_arith_preset_holds_what_the_committed_selection_chose():
     settings = real_settings.REAL_PRESETS["arith"]
     assert real_selection.check_preset(settings, repo_root() / "data" / settings.folder) == []
     assert (repo_root() / "data" / settings.folder / "selection" / "units" / "beta" / "gold_probs.csv").exists()
+
+
+# -- the grid and what notebook 06 reports of it ---------------------------------------------------------
+GRID = replace(SMOKE, seeds=(0,), init_runs=(("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)),
+               rl_runs=(("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)),
+               rl=replace(SMOKE.rl, max_steps=2))
+STARTS = [("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)]
+
+
+def test_the_grid_writes_what_the_claims_read_and_the_report_reads_it(tmp_path):
+    """Every GRPO unit of a run with a selection stage writes its validation curve in the miniature's
+    files, so the four claims, RL's gains and each family's changes come out of the committed units."""
+    data = real_data.load_data(GRID)
+    progress = real_report.grid_progress(GRID, tmp_path)
+    assert len(progress) == 3 + 4 and not progress["done"].any()
+    real.run_all(GRID, data, tmp_path, progress=False)
+    assert real_report.grid_progress(GRID, tmp_path)["done"].all()
+    results, _ = units.collect(tmp_path)
+    _, val = units.collect(tmp_path, "rl_val")
+    counts, val_counts = units.collect_counts(tmp_path)
+    assert set(val["step"]) == {0, 1, 2} and len(val) == 4 * 3  # step 0 and every step, for each GRPO unit
+    assert set(zip(val_counts["method"], val_counts["beta"])) == set(STARTS)
+    start = results[results["metric"] == "val/start_reward"].set_index("method")["value"]
+    first = val[val["step"] == 0].set_index("method")["val_pass@1"]
+    assert (start.sort_index() == first.sort_index()).all()  # the start's reward at T = 1 is the curve's step 0
+
+    protocol = claims.ProtocolData(results, counts, val_counts, num_samples=GRID.eval.num_samples,
+                                   curve_samples=GRID.select.curve_samples)
+    rule = claims.real_arith_rule(n_boot=200)
+    assert rule.margin("pass") == 0.02 and rule.margin("ood") == 0.04 and rule.margin("kl_to_base") == 0.005
+    table, peak = claims.judge_claims(protocol, 20.0, (20.0, 1.0), rule=rule, k_large=2)
+    assert set(table["claim"]) == {1, 2, 3, 4} and peak in (20.0, 1.0)
+    assert set(table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+
+    gains = real_report.rl_gains(protocol, STARTS, rule)
+    assert list(gains["start"]) == ["rl_only", "sft", "gift β=20", "gift β=1"]
+    assert (gains["learned"] == (gains["low"] > 0)).all() and (gains["gain"] == gains["after"] - gains["before"]).all()
+    base_id = results.query("stage == 'base' and metric == 'pass@1' and split == 'id'")["value"].item()
+    assert gains["before"].iloc[0] == pytest.approx(base_id)  # RL only starts from the base
+
+    changes = real_report.family_changes(protocol, STARTS, {"add": "id", "mc": "ood"}, rule)
+    assert len(changes) == 2 * (3 + 4) and set(changes["stage"]) == {"init", "rl"}
+    assert (changes["diff"] == changes["pass@1"] - changes["base"]).all()
+    with pytest.raises(ValueError, match="family='nope'"):
+        protocol.scores("sft", real_settings.INF, "rl", "id", family="nope")
+
+
+def test_the_base_check_reads_each_test_of_the_committed_base_unit():
+    base = pd.read_csv(repo_root() / "data" / "real_arith" / "selection" / "units" / "base" / "base.csv",
+                       keep_default_na=False)
+    check = real_selection.base_check(base, arith.constant_guesses())
+    assert list(check["test"]) == list(arith.TESTS) and check["passes"].all()
+    assert check.set_index("test").loc["test_letters", "constant_guess"] == 0.465
+    worse = base.assign(value=base["value"].where(base["metric"] != "test_products/pass@1", 0.01))
+    assert not real_selection.base_check(worse, {}).set_index("test").loc["test_products", "passes"]
