@@ -115,12 +115,27 @@ def git_sha() -> str:
     return sha + ("+dirty" if dirty_files() else "")
 
 
+_LOADED: tuple[str, list[str]] | None = None
+
+
+def loaded_code(refresh: bool = False) -> tuple[str, list[str]]:
+    """The commit of the code this process runs (``git_sha``) and its dirty files, taken once, when
+    this module is imported: a unit that runs for an hour names the code it started with, not a
+    commit made while it ran. ``refresh``: take it again."""
+    global _LOADED
+    if _LOADED is None or refresh:
+        sha = git_sha()
+        _LOADED = (sha, dirty_files() if sha.endswith("+dirty") else [])
+    return _LOADED
+
+
 def run_info(config: dict) -> dict:
-    """What a ``*_run.json`` carries: the config, package versions, device and git SHA (and, when
-    the SHA is ``+dirty``, the files that made it so)."""
-    info = {"config": config, "versions": package_versions(), "device": device_info(), "git_sha": git_sha()}
-    if info["git_sha"].endswith("+dirty"):
-        info["dirty_files"] = dirty_files()
+    """What a ``*_run.json`` carries: the config, package versions, device and the git SHA of the
+    code this process loaded (``loaded_code``; when ``+dirty``, also the files that made it so)."""
+    sha, dirty = loaded_code()
+    info = {"config": config, "versions": package_versions(), "device": device_info(), "git_sha": sha}
+    if dirty:
+        info["dirty_files"] = dirty
     return info
 
 
@@ -151,3 +166,6 @@ def file_commit(path: str | Path) -> str:
     except (OSError, ValueError, subprocess.SubprocessError):
         return "unknown"
     return (sha or "unknown") + ("+dirty" if dirty else "")
+
+
+loaded_code()  # at import: the code this process will run

@@ -1,6 +1,7 @@
 """Presets, result files and the batch runner's argument handling."""
 
 import json
+import subprocess
 
 import pandas as pd
 import pytest
@@ -75,11 +76,29 @@ def test_commit_stays_clean_when_only_outputs_of_a_run_differ(tmp_path, monkeypa
     (tmp_path / "nb.ipynb").write_text(json.dumps(_notebook("print(1)", "1\n")))  # papermill, in place
     (tmp_path / "data" / "r.csv").write_text("a\n2\n")  # a result the run rewrote
     assert repro.git_sha() == sha and repro.dirty_files() == []
+    repro.loaded_code(refresh=True)
     assert "dirty_files" not in repro.run_info({})
     (tmp_path / "nb.ipynb").write_text(json.dumps(_notebook("print(2)", "2")))  # its code changed
     (tmp_path / "code.py").write_text("x = 2\n")
     assert repro.git_sha() == sha + "+dirty"
+    repro.loaded_code(refresh=True)
     assert repro.run_info({})["dirty_files"] == ["code.py", "nb.ipynb"]
+    monkeypatch.undo()
+    repro.loaded_code(refresh=True)  # this checkout's again
+
+
+def test_a_run_names_the_code_it_loaded_not_a_commit_made_while_it_ran(tmp_path, monkeypatch):
+    from gift_lite import repro
+
+    monkeypatch.setattr(repro, "repo_root", lambda: tmp_path)
+    sha = _git_repo(tmp_path)
+    repro.loaded_code(refresh=True)  # as at import
+    (tmp_path / "code.py").write_text("x = 3\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "later"], cwd=tmp_path,
+                   check=True)
+    assert repro.git_sha() != sha and repro.run_info({})["git_sha"] == sha
+    monkeypatch.undo()
+    repro.loaded_code(refresh=True)
 
 
 def test_run_json_is_kept_while_its_result_comes_out_the_same(tmp_path, monkeypatch):
@@ -108,11 +127,11 @@ def test_run_json_is_kept_while_its_result_comes_out_the_same(tmp_path, monkeypa
 
 
 def test_a_unit_file_records_the_commit_that_computed_it(tmp_path):
-    from gift_lite.repro import git_sha
+    from gift_lite.repro import loaded_code
 
     write_csv(tmp_path / "units" / "rl" / "sft_betainf_seed0.csv", pd.DataFrame({"value": [0.5]}))
     info = json.loads((tmp_path / "units" / "rl" / "sft_betainf_seed0_run.json").read_text())
-    assert info["git_sha"] == git_sha() and info["config"] == {"file": "sft_betainf_seed0.csv"}
+    assert info["git_sha"] == loaded_code()[0] and info["config"] == {"file": "sft_betainf_seed0.csv"}
     write_csv(tmp_path / "results.csv", pd.DataFrame({"value": [0.5]}))
     assert not (tmp_path / "results_run.json").exists()  # other result files get theirs from write_run_json
 
