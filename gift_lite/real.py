@@ -451,9 +451,19 @@ def unit_settings(settings: RealSettings, method: str, beta: float) -> RealSetti
 def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress: bool = True) -> list[str]:
     """Every unit of the run in order (β diagnostics, base, initialisers, GRPO); finished ones are
     skipped, so a killed run resumes at its first unfinished unit. Returns the keys it went through."""
+    if settings.select is not None:  # its budgets come from the selection stage: refuse a grid without them
+        from gift_lite.real_selection import check_preset, choices  # it imports this module
+
+        missing = [name for name, value in choices(settings, data_dir).items() if value is None]
+        differ = check_preset(settings, data_dir)
+        if missing or differ:
+            raise ValueError(f"data_dir={without_root(str(data_dir))!r}: the selection stage has not chosen "
+                             f"{missing} yet, or the settings differ from its choices {differ}: run "
+                             "`python -m gift_lite.real select` first and put what it chose in the preset")
     model_path = resolve_model(settings, data_dir)
-    jobs = [("beta", None, None, None)] if settings.n_expert_eval else []
-    jobs += [("base", None, None, None)]
+    # A run with a selection stage has its β and base units there (real_selection), not twice.
+    jobs = [("beta", None, None, None)] if settings.n_expert_eval and settings.select is None else []
+    jobs += [("base", None, None, None)] if settings.select is None else []
     # Every initialiser (seed by seed) before any GRPO: the before-RL comparison is complete first.
     jobs += [("init", m, b, s) for m, b, s in settings.init_units()]
     jobs += [("rl", m, b, s) for m, b, s in settings.rl_units()]

@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from gift_lite import smollm2
-from gift_lite.claims import ProtocolData, Rule
+from gift_lite.claims import (ProtocolData, Rule, claim1_parts, claim_parts, real_arith_rule,
+                              verdict_rows)
 from gift_lite.gsm_symbolic import FOLDER as GSM_FOLDER
 from gift_lite.repro import repo_root
-from gift_lite.units import unit_key, unit_path
+from gift_lite.units import collect, collect_counts, unit_key, unit_path
 
 INF = math.inf
 
@@ -132,6 +133,14 @@ def rl_gains(data: ProtocolData, starts: list[tuple[str, float]], rule: Rule, sp
     return pd.DataFrame(rows)
 
 
+def task_families(counts: pd.DataFrame) -> dict[str, str]:
+    """Each task family of the base's per-problem counts (a problem id is ``<family>-<n>``) and its
+    split, in the order the tests were evaluated."""
+    base = counts[counts["stage"] == "base"]
+    families = base["problem_id"].str.rsplit("-", n=1).str[0]
+    return dict(zip(families, base["split"]))
+
+
 def family_changes(data: ProtocolData, starts: list[tuple[str, float]], families: dict[str, str],
                    rule: Rule) -> pd.DataFrame:
     """Each start's pass@1 on each task family (``families``: family -> split), before RL (the
@@ -147,3 +156,56 @@ def family_changes(data: ProtocolData, starts: list[tuple[str, float]], families
             rows.append({"family": family, "split": split, "stage": stage, "start": _label(method, beta),
                          "pass@1": d.a, "base": d.b, "diff": d.estimate, "low": d.low, "high": d.high})
     return pd.DataFrame(rows)
+
+
+def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], *, k_large: int,
+                    n_boot: int | None = None) -> dict:
+    """Everything notebook 06 shows of a run with a selection stage, read from its committed units
+    (nothing is trained): the selection (``choices``, ``base_check``, the expert tokens' base
+    probabilities ``p_gold`` and their ``beta_table``, ``sft_select``, ``rl_select``), the grid's
+    ``progress``, its ``results``, reward ``curves`` and validation curves ``val``, and, once every
+    initialiser is in, ``claim1``; once every unit is in, the four claims (``claims``, ``parts``,
+    ``before``, ``peak``), RL's ``gains`` and each task family's ``changes``. A part whose units are
+    missing is None. ``constant_guess``: each test's constant-guess accuracy."""
+    import torch
+
+    from gift_lite.evaluate import gold_mass_table
+    from gift_lite.real_selection import base_check, choices, selection_dir
+
+    sel = selection_dir(data_dir)
+
+    def unit(stage, key, **read):
+        path = unit_path(sel, stage, key)
+        return pd.read_csv(path, **read) if path.exists() else None
+
+    out = {"choices": choices(settings, data_dir), "progress": grid_progress(settings, data_dir)}
+    base = unit("base", "base", keep_default_na=False)
+    out["base_check"] = None if base is None else base_check(base, constant_guess)
+    gold = unit("beta", "gold_probs")
+    out["p_gold"] = None if gold is None else torch.tensor(gold["p_gold"].to_numpy())
+    out["beta_table"] = None if gold is None else gold_mass_table(
+        out["p_gold"], sorted({0.0, 1.0, 2.0, 4.0, 8.0, 20.0, INF, settings.beta}))
+    out["sft_select"] = unit("sft_select", unit_key("sft", INF, 0))
+    out["rl_select"] = unit("rl_select", unit_key("rl_only", INF, 0))
+    results, out["curves"] = collect(data_dir)
+    out["val"] = collect(data_dir, "rl_val")[1]
+    counts, val_counts = collect_counts(data_dir)
+    out["results"] = pd.concat([base.assign(stage="base"), results], ignore_index=True) if base is not None else results
+    if base is not None:
+        counts = pd.concat([unit("base_problems", "base", keep_default_na=False).assign(stage="base"), counts],
+                           ignore_index=True)
+    data = ProtocolData(out["results"], counts, val_counts, num_samples=settings.eval.num_samples,
+                        curve_samples=settings.select.curve_samples)
+    rule = real_arith_rule(n_boot)
+    progress = out["progress"]
+    out.update(claim1=None, claims=None, parts=None, before=None, peak=None, gains=None, changes=None)
+    if base is not None and progress.loc[progress["stage"] == "init", "done"].all():
+        out["claim1"] = verdict_rows({1: claim1_parts(data, settings.beta, k_large=k_large, rule=rule)}, None)
+    if base is not None and progress["done"].all():
+        betas = tuple(b for m, b in settings.rl_runs if m == "gift")
+        out["parts"], out["before"], out["peak"] = claim_parts(data, settings.beta, betas, rule=rule, k_large=k_large)
+        out["claims"] = verdict_rows(out["parts"], out["before"])
+        starts = list(dict.fromkeys((m, b) for m, b, _ in settings.rl_units()))
+        out["gains"] = rl_gains(data, starts, rule)
+        out["changes"] = family_changes(data, starts, task_families(counts), rule)
+    return out

@@ -160,47 +160,54 @@ def test_the_arith_preset_holds_what_the_committed_selection_chose():
 
 # -- the grid and what notebook 06 reports of it ---------------------------------------------------------
 GRID = replace(SMOKE, seeds=(0,), init_runs=(("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)),
-               rl_runs=(("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)),
-               rl=replace(SMOKE.rl, max_steps=2))
-STARTS = [("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)]
+               rl_runs=(("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", 20.0), ("gift", 1.0)))
 
 
 def test_the_grid_writes_what_the_claims_read_and_the_report_reads_it(tmp_path):
-    """Every GRPO unit of a run with a selection stage writes its validation curve in the miniature's
-    files, so the four claims, RL's gains and each family's changes come out of the committed units."""
+    """The grid runs only once the preset holds the selection's choices; every GRPO unit writes its
+    validation curve in the miniature's files, so the four claims, RL's gains and each task family's
+    changes come out of the committed units (``real_report.protocol_report``)."""
     data = real_data.load_data(GRID)
-    progress = real_report.grid_progress(GRID, tmp_path)
-    assert len(progress) == 3 + 4 and not progress["done"].any()
-    real.run_all(GRID, data, tmp_path, progress=False)
-    assert real_report.grid_progress(GRID, tmp_path)["done"].all()
-    results, _ = units.collect(tmp_path)
-    _, val = units.collect(tmp_path, "rl_val")
-    counts, val_counts = units.collect_counts(tmp_path)
-    assert set(val["step"]) == {0, 1, 2} and len(val) == 4 * 3  # step 0 and every step, for each GRPO unit
-    assert set(zip(val_counts["method"], val_counts["beta"])) == set(STARTS)
-    start = results[results["metric"] == "val/start_reward"].set_index("method")["value"]
-    first = val[val["step"] == 0].set_index("method")["val_pass@1"]
-    assert (start.sort_index() == first.sort_index()).all()  # the start's reward at T = 1 is the curve's step 0
+    with pytest.raises(ValueError, match="the selection stage has not chosen"):
+        real.run_all(GRID, data, tmp_path, progress=False)
+    chosen = real_selection.run_selection(GRID, data, tmp_path)
+    star = chosen["beta_star"]
+    grid = replace(GRID, beta=star, init=replace(GRID.init, num_train_epochs=float(chosen["epochs"])),
+                   rl=replace(GRID.rl, max_steps=chosen["steps"]),
+                   init_runs=(("sft", real_settings.INF), ("gift", star), ("gift", 1.0)),
+                   rl_runs=(("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", star), ("gift", 1.0)))
+    report = real_report.protocol_report(grid, tmp_path, {"math_eval": 0.0}, k_large=2, n_boot=200)
+    assert not report["progress"]["done"].any() and report["claim1"] is None and report["claims"] is None
+    assert list(report["base_check"]["test"]) == ["math_eval", "choice_eval"]
+    real.run_all(grid, data, tmp_path, progress=False)
+    assert not (tmp_path / "units" / "base").exists()  # the base unit is the selection's, not computed twice
 
-    protocol = claims.ProtocolData(results, counts, val_counts, num_samples=GRID.eval.num_samples,
-                                   curve_samples=GRID.select.curve_samples)
-    rule = claims.real_arith_rule(n_boot=200)
-    assert rule.margin("pass") == 0.02 and rule.margin("ood") == 0.04 and rule.margin("kl_to_base") == 0.005
-    table, peak = claims.judge_claims(protocol, 20.0, (20.0, 1.0), rule=rule, k_large=2)
-    assert set(table["claim"]) == {1, 2, 3, 4} and peak in (20.0, 1.0)
-    assert set(table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    report = real_report.protocol_report(grid, tmp_path, {"math_eval": 0.0}, k_large=2, n_boot=200)
+    assert report["progress"]["done"].all() and report["choices"] == chosen
+    val, results = report["val"], report["results"]
+    steps = set(range(0, chosen["steps"] + 1))
+    assert set(val["step"]) == steps and len(val) == 4 * len(steps)  # step 0 and every step, each GRPO unit
+    start = results[results["metric"] == "val/start_reward"].set_index(["method", "beta"])["value"]
+    first = val[val["step"] == 0].set_index(["method", "beta"])["val_pass@1"]
+    assert (start.sort_index() == first.sort_index()).all()  # the start's reward at T = 1: the curve's step 0
 
-    gains = real_report.rl_gains(protocol, STARTS, rule)
-    assert list(gains["start"]) == ["rl_only", "sft", "gift β=20", "gift β=1"]
+    claims_table = report["claims"]
+    assert set(claims_table["claim"]) == {1, 2, 3, 4} and report["peak"] in (star, 1.0)
+    assert set(claims_table["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    assert report["claim1"].equals(claims_table[claims_table["claim"] == 1].reset_index(drop=True))
+    assert claims.real_arith_rule().margin("pass") == 0.02 and claims.real_arith_rule().margin("ood") == 0.04
+
+    gains = report["gains"]
+    assert list(gains["start"]) == ["rl_only", "sft", f"gift β={star:g}", "gift β=1"]
     assert (gains["learned"] == (gains["low"] > 0)).all() and (gains["gain"] == gains["after"] - gains["before"]).all()
     base_id = results.query("stage == 'base' and metric == 'pass@1' and split == 'id'")["value"].item()
     assert gains["before"].iloc[0] == pytest.approx(base_id)  # RL only starts from the base
 
-    changes = real_report.family_changes(protocol, STARTS, {"add": "id", "mc": "ood"}, rule)
-    assert len(changes) == 2 * (3 + 4) and set(changes["stage"]) == {"init", "rl"}
+    changes = report["changes"]
+    families = {p.id.rsplit("-", 1)[0] for _, _, problems in data.benchmarks for p in problems}
+    assert set(changes["family"]) == families and {"add", "mc"} <= families
+    assert len(changes) == changes["family"].nunique() * (3 + 4) and set(changes["stage"]) == {"init", "rl"}
     assert (changes["diff"] == changes["pass@1"] - changes["base"]).all()
-    with pytest.raises(ValueError, match="family='nope'"):
-        protocol.scores("sft", real_settings.INF, "rl", "id", family="nope")
 
 
 def test_the_base_check_reads_each_test_of_the_committed_base_unit():
