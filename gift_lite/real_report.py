@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from gift_lite import smollm2
-from gift_lite.claims import (ProtocolData, Rule, claim1_parts, claim_parts, real_arith_rule,
-                              verdict_rows)
+from gift_lite.claims import (ProtocolData, Rule, claim1_parts, claim_parts, real_arith_rule, verdict_rows,
+                              verdict_summary)
 from gift_lite.gsm_symbolic import FOLDER as GSM_FOLDER
 from gift_lite.repro import repo_root
 from gift_lite.units import collect, collect_counts, unit_key, unit_path
@@ -209,3 +209,41 @@ def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], 
         out["gains"] = rl_gains(data, starts, rule)
         out["changes"] = family_changes(data, starts, task_families(counts), rule)
     return out
+
+
+def protocol_takeaways(run: dict, settings) -> list[str]:
+    """Sentences written from ``protocol_report``'s numbers (none from the paper), as far as the
+    committed units go."""
+    lines, chosen, progress = [], run["choices"], run["progress"]
+    check = run["base_check"]
+    if check is not None:
+        tests = ", ".join(f"{r['test']} {r['pass@1']:.3f} (constant guess {r['constant_guess']:.3f})"
+                          for _, r in check.iterrows())
+        lines.append(f"The base's pass@1 (T = 0.6): {tests}; the base check "
+                     f"{'passes' if check['passes'].all() else 'fails'}.")
+    if run["beta_table"] is not None:
+        at = run["beta_table"].set_index("beta")["target/gold_mass"]
+        lines.append(f"The base gives the expert tokens {at.loc[0.0]:.3f} on average; β* = {chosen['beta_star']:g} "
+                     f"puts {at.loc[settings.beta]:.3f} on them, β = 8 {at.loc[8.0]:.3f}, β = 20 {at.loc[20.0]:.4f}.")
+    if run["sft_select"] is not None:
+        nll = run["sft_select"].set_index("epoch")["heldout_nll"]
+        lines.append(f"SFT's budget: {chosen['epochs']} epochs (held-out NLL {nll.iloc[0]:.3f} before, "
+                     f"{nll.loc[chosen['epochs']]:.3f} after).")
+    if run["rl_select"] is not None:
+        curve = run["rl_select"].set_index("step")["val_pass@1"]
+        lines.append(f"GRPO's budget: {chosen['steps']} steps (RL only's validation pass@1 {curve.iloc[0]:.3f} at "
+                     f"step 0, {curve.loc[chosen['steps']]:.3f} at step {chosen['steps']}, "
+                     f"{curve.iloc[-1]:.3f} at step {curve.index[-1]}).")
+    if not progress["done"].all():
+        waiting = progress.loc[~progress["done"], "unit"]
+        lines.append(f"The grid has {int(progress['done'].sum())} of {len(progress)} units; "
+                     f"still to compute: {', '.join(progress.loc[~progress['done']].stage + '/' + waiting)}.")
+    if run["gains"] is not None:
+        learned = run["gains"][run["gains"]["learned"]]["start"].tolist()
+        lines.append(f"RL learned (ID pass@1 after minus before, interval above 0) from {len(learned)} of "
+                     f"{len(run['gains'])} starts" + (f": {', '.join(learned)}." if learned else "."))
+    judged = run["claims"] if run["claims"] is not None else run["claim1"]
+    if judged is not None:
+        for claim, row in verdict_summary(judged).iterrows():
+            lines.append(f"Claim {claim}: {row['verdict']} ({row['evidence']}).")
+    return lines
