@@ -32,7 +32,10 @@ batch per call, three regimes:
 - `grpo_base`: 4 RL prompts x 8 samples, <= 96 new tokens, T = 1.0 (a GRPO rollout batch).
 Each regime runs today's path (`shared_prompts`: prompts shared, HF `generate`) and the decode loop
 that drops finished samples (`shared_drop_finished`, `sampling.generate_dropping_finished`, the
-default since issue 29), and `plain` (neither) where `--with-plain`. `tokens_per_s` counts useful
+default since issue 29), and `plain` (neither) where `--with-plain`; with `--with-static` also HF
+`generate` with a static key/value cache (`static_cache`) and the same under `torch.compile` of
+the model's forward (`static_compiled`; its first call per regime compiles, timed apart as
+`first_call_s` and left out of `seconds`). `tokens_per_s` counts useful
 tokens: each completion's tokens up to its EOS, EOS included; `same_as_generate` is 1 when the
 row's texts and truncation flags equal today's path's in the same round (the same seed).
 
@@ -42,7 +45,7 @@ and to plain generation, measured in this run; the run JSON records the machine'
 
     python benchmarks/bench_real.py                 # writes benchmarks/results/real.csv
     python benchmarks/bench_real.py --tiny          # CI-sized, the random stand-in, under scratch/bench/
-    python benchmarks/bench_real.py --arith-generation --threads 1   # writes benchmarks/results/real_generate.csv
+    python benchmarks/bench_real.py --arith-generation --with-static --threads 1   # writes benchmarks/results/real_generate.csv
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +71,13 @@ METHODS = {"sft": {"loss_type": "sft"}, "gift_live": {"loss_type": "gift"},
 COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "peak_mib", "mean_p_gold", "repeats", "rows", "tokens",
            "threads", "four_bit", "memory_method")
 GENERATE_COLUMNS = ("kind", "config", "status", "seconds", "tokens_per_s", "speedup", "mean_length", "ended",
-                    "same_as_generate", "repeats", "rows", "tokens", "threads")
-# name: (share_prompts, drop_finished); the first is today's path, the reference of every ratio
-PATHS = {"shared_prompts": (True, False), "shared_drop_finished": (True, True), "plain": (False, False)}
+                    "same_as_generate", "first_call_s", "repeats", "rows", "tokens", "threads")
+# name: (share_prompts, drop_finished, cache_implementation, compiled); the first is today's path, the
+# reference of every ratio; the last two only with --with-static
+PATHS = {"shared_prompts": (True, False, None, False), "shared_drop_finished": (True, True, None, False),
+         "plain": (False, False, None, False), "static_cache": (False, False, "static", False),
+         "static_compiled": (False, False, "static", True)}
+OPTIONAL = {"plain": "with_plain", "static_cache": "with_static", "static_compiled": "with_static"}
 # regime: (prompts, samples per prompt, temperature), at the protocol's max_new_tokens (ARITH_REAL)
 REGIMES = {"eval_base": (16, 4, 0.6), "eval_primed": (16, 4, 0.6), "grpo_base": (4, 8, 1.0)}
 BETA = 20.0  # the official default
@@ -144,29 +153,52 @@ def regime_prompts(regime: str, tokenizer, n: int) -> list[str]:
     return [r["prompt"] for r in data.rl[:n]]
 
 
-def arith_generation_rows(model, tokenizer, args) -> list[dict]:
-    """One round: every regime, each path in turn on the same prompts and seed."""
+@contextmanager
+def compiled_forward(model, compiled: dict):
+    """``model.forward`` as ``torch.compile`` of it (made once, kept in ``compiled``) while inside."""
+    import torch
+
+    if "forward" not in compiled:
+        compiled["forward"] = torch.compile(type(model).forward.__get__(model), dynamic=False)
+    model.forward = compiled["forward"]
+    try:
+        yield
+    finally:
+        del model.forward  # the class's own again
+
+
+def arith_generation_rows(model, tokenizer, args, compiled: dict, first_calls: dict) -> list[dict]:
+    """One round: every regime, each path in turn on the same prompts and seed. A compiled path's
+    first call of a regime (it compiles for that shape) is timed apart, once, in ``first_calls``."""
     from gift_lite.evaluate import sample_completions
 
     rows = []
-    paths = [p for p in PATHS if args.with_plain or p != "plain"]
+    paths = [p for p in PATHS if p not in OPTIONAL or getattr(args, OPTIONAL[p])]
     for regime, (n_prompts, samples, temperature) in REGIMES.items():
         prompts = regime_prompts(regime, tokenizer, args.prompts if args.tiny else n_prompts)
         samples = args.samples if args.tiny else samples
         reference = None
         for path in paths:
-            share, drop = PATHS[path]
-            start = time.perf_counter()
-            texts, ended = sample_completions(model, tokenizer, prompts, num_samples=samples, temperature=temperature,
-                                              max_new_tokens=args.new_tokens, batch_size=len(prompts) * samples,
-                                              seed=0, return_ended=True, share_prompts=share, drop_finished=drop)
-            seconds = time.perf_counter() - start
+            share, drop, cache, compile_it = PATHS[path]
+            sample = partial(sample_completions, model, tokenizer, prompts, num_samples=samples,
+                             temperature=temperature, max_new_tokens=args.new_tokens,
+                             batch_size=len(prompts) * samples, seed=0, return_ended=True, share_prompts=share,
+                             drop_finished=drop, cache_implementation=cache)
+            with compiled_forward(model, compiled) if compile_it else nullcontext():
+                if compile_it and (regime, path) not in first_calls:
+                    start = time.perf_counter()
+                    sample()
+                    first_calls[regime, path] = time.perf_counter() - start
+                start = time.perf_counter()
+                texts, ended = sample()
+                seconds = time.perf_counter() - start
             lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + int(e)
                        for row, flags in zip(texts, ended) for t, e in zip(row, flags)]
             reference = reference or (texts, ended.tolist())
             rows.append({"kind": "generate", "config": f"{regime}/{path}", "seconds": seconds,
                          "tokens_per_s": sum(lengths) / seconds, "mean_length": sum(lengths) / len(lengths),
                          "ended": float(ended.mean()), "same_as_generate": float(reference == (texts, ended.tolist())),
+                         "first_call_s": first_calls.get((regime, path), float("nan")),
                          "rows": len(lengths), "tokens": sum(lengths)})
     return rows
 
@@ -184,10 +216,12 @@ def arith_generation(args, out: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = real_data.resolve_model(settings, Path(tmp))
         model, tokenizer = real_data.load_policy(model_path, four_bit=False)
-        rounds = [arith_generation_rows(model, tokenizer, args) for _ in range(args.repeats)]
+        compiled, first_calls = {}, {}
+        rounds = [arith_generation_rows(model, tokenizer, args, compiled, first_calls) for _ in range(args.repeats)]
     frame = pd.DataFrame([row for rows in rounds for row in rows])
     keys = ["kind", "config"]
-    table = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "mean_length", "ended", "tokens"]].median()
+    table = frame.groupby(keys, sort=False)[["seconds", "tokens_per_s", "mean_length", "ended", "tokens",
+                                             "first_call_s"]].median()
     table["same_as_generate"] = frame.groupby(keys, sort=False)["same_as_generate"].min()
     table["rows"] = frame.groupby(keys, sort=False)["rows"].first()
     table = table.reset_index()
@@ -201,10 +235,11 @@ def arith_generation(args, out: Path) -> int:
                     else "random stand-in", "regimes": {k: dict(zip(("prompts", "samples", "temperature"), v))
                                                         for k, v in REGIMES.items()},
                     "new_tokens": args.new_tokens, "repeats": args.repeats, "with_plain": args.with_plain,
+                    "with_static": args.with_static,
                     "tiny": args.tiny, "load_average_before": load_before, "load_average_after": os.getloadavg(),
                     "cpu_count": os.cpu_count()})
-    print(table.round({"seconds": 2, "tokens_per_s": 1, "speedup": 2, "mean_length": 1, "ended": 3}).to_string(
-        index=False))
+    print(table.round({"seconds": 2, "tokens_per_s": 1, "speedup": 2, "mean_length": 1, "ended": 3,
+                       "first_call_s": 1}).to_string(index=False))
     for _, row in table[~table["config"].str.endswith("/shared_prompts")].iterrows():
         print(f"{row['config']}: {row['speedup']:.2f}x today's path's useful tokens/s")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
@@ -255,6 +290,9 @@ def main(argv=None) -> int:
                              "samples (default out: benchmarks/results/real_generate.csv)")
     parser.add_argument("--with-plain", action="store_true",
                         help="with --arith-generation: also HF generate without shared prompts")
+    parser.add_argument("--with-static", action="store_true",
+                        help="with --arith-generation: also HF generate with a static key/value cache, plain and "
+                             "under torch.compile (its first call per shape compiles: timed apart, first_call_s)")
     parser.add_argument("--tiny", action="store_true",
                         help="CI-sized: the random stand-in, 2 steps, 2 prompts x 2 samples x 4 tokens, one round")
     parser.add_argument("--out", default=None,

@@ -82,7 +82,7 @@ def pass_at_k_per_problem(n, c, k: int) -> np.ndarray:
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples: int, temperature: float = 1.0,
                        max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, top_p: float = 1.0,
                        top_k: int = 0, progress: bool = False, return_ended: bool = False,
-                       share_prompts: bool = False, drop_finished: bool = True):
+                       share_prompts: bool = False, drop_finished: bool = True, cache_implementation: str | None = None):
     """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings,
     and with ``return_ended`` also a (P, num_samples) bool array: the sample stopped at EOS (False:
     ``max_new_tokens`` cut it off).
@@ -96,13 +96,20 @@ def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples:
     ``drop_finished``: decode with ``sampling.generate_dropping_finished``, which removes a sample
     from the batch once it has ended (same random draws and tokens as ``generate``, less work);
     False: ``model.generate`` itself, the path the committed protocols' units were sampled with.
+    ``cache_implementation``: ``generate``'s key/value cache (``"static"``: preallocated, what
+    ``torch.compile`` needs; ``benchmarks/bench_real.py`` measures it), with neither option above.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if cache_implementation is not None and (share_prompts or drop_finished):
+        raise ValueError(f"cache_implementation={cache_implementation!r} goes to model.generate alone: "
+                         "set share_prompts=False and drop_finished=False")
     flat = [p for p in prompts for _ in range(num_samples)]
     device = next(model.parameters()).device
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} \
         if temperature > 0 else {"do_sample": False}
+    if cache_implementation is not None:
+        sampling["cache_implementation"] = cache_implementation
     was_training = model.training
     model.eval()
     texts: list[str] = []

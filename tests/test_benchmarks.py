@@ -80,12 +80,14 @@ def test_bench_real_tiny_arith_generation(tmp_path):
     """``--arith-generation``: each regime's paths, their ratios to today's path, and the same samples."""
     out = tmp_path / "real_generate.csv"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_real.py"), "--tiny", "--arith-generation",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                           "--with-static", "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(out).set_index("config")
     assert list(frame.index) == [f"{r}/{p}" for r in ("eval_base", "eval_primed", "grpo_base")
-                                 for p in ("shared_prompts", "shared_drop_finished")]
+                                 for p in ("shared_prompts", "shared_drop_finished", "static_cache", "static_compiled")]
     assert (frame["tokens_per_s"] > 0).all() and (frame["same_as_generate"] == 1.0).all()
+    compiled = frame.index.str.endswith("/static_compiled")
+    assert (frame.loc[compiled, "first_call_s"] > 0).all() and frame.loc[~compiled, "first_call_s"].isna().all()
     assert (frame.loc[frame.index.str.endswith("/shared_prompts"), "speedup"] == 1.0).all()
     run = json.loads(out.with_name("real_generate_run.json").read_text())
     assert run["config"]["tiny"] is True and "load_average_after" in run["config"]

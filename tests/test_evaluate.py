@@ -197,6 +197,19 @@ def test_sample_completions_drop_finished_is_the_old_path(tokenizer, share):
     assert 0 < new_ended.sum() < new_ended.size  # some samples ended before the limit, some did not
 
 
+def test_a_static_cache_samples_what_generate_samples(tokenizer):
+    """``cache_implementation="static"`` (what bench_real.py times, plain and compiled) changes the
+    cache, not the samples; it goes to ``model.generate`` alone."""
+    model = lora_model(tokenizer)
+    kwargs = dict(num_samples=3, max_new_tokens=10, batch_size=6, seed=2, temperature=1.0, return_ended=True,
+                  share_prompts=False, drop_finished=False)
+    plain, plain_ended = sample_completions(model, tokenizer, PROMPTS, **kwargs)
+    static, static_ended = sample_completions(model, tokenizer, PROMPTS, cache_implementation="static", **kwargs)
+    assert static == plain and np.array_equal(static_ended, plain_ended)
+    with pytest.raises(ValueError, match="cache_implementation='static' goes to model.generate alone"):
+        sample_completions(model, tokenizer, PROMPTS, num_samples=2, cache_implementation="static")
+
+
 def test_evaluate_task_scores_with_the_reward(tokenizer):
     model = tiny_model(tokenizer)
     problems = [Problem((3, 5, 9), 26), Problem((2, 3, 4), 10)]
