@@ -84,6 +84,14 @@ def measure():
         stats["wall_s"] = time.perf_counter() - start
 
 
+def unit_wall_rows(started: float, resume: str | None) -> list[dict]:
+    """``perf/unit_wall_s``: the whole unit's wall time in this process (training, validation and
+    evaluation; ``started`` from ``time.perf_counter``), and ``perf/unit_resumed_at_step``, the
+    checkpoint it resumed from (0: none; then the wall time leaves out the part run before)."""
+    return [{"split": "", "metric": "perf/unit_wall_s", "value": time.perf_counter() - started},
+            {"split": "", "metric": "perf/unit_resumed_at_step", "value": float(checkpoint_step(resume) if resume else 0)}]
+
+
 def _perf_rows(prefix: str, stats: dict, tokens: float) -> list[dict]:
     rows = [{"split": "", "metric": f"perf/{prefix}_wall_s", "value": stats["wall_s"]},
             {"split": "", "metric": f"perf/{prefix}_tokens_per_s", "value": tokens / max(stats["wall_s"], 1e-9)}]
@@ -331,6 +339,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
     path = unit_path(data_dir, "init", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
+    started, resume = time.perf_counter(), last_checkpoint(checkpoint_dir(data_dir, "init", key))
     adapter = adapter_dir(data_dir, "init", key)
     tokenizer = load_tokenizer(model_path)
     data = with_chat_template(data, tokenizer, settings.chat_template)
@@ -344,7 +353,7 @@ def run_init_unit(settings: RealSettings, model_path: str, data: RealData, data_
              {"split": "", "metric": "train/rows", "value": stats["train/rows"]},
              {"split": "", "metric": "train/rows_too_long", "value": dropped},
              {"split": "", "metric": "train/rows_at_max_length", "value": stats["train/rows_at_max_length"]}]
-    rows += _perf_rows("init", stats, stats["tokens"])
+    rows += _perf_rows("init", stats, stats["tokens"]) + unit_wall_rows(started, resume)
     frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="init")
     write_csv(path, frame)
     shutil.rmtree(checkpoint_dir(data_dir, "init", key), ignore_errors=True)
@@ -419,6 +428,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
     path = unit_path(data_dir, "rl", key)
     if path.exists():
         return pd.read_csv(path, keep_default_na=False)
+    started = time.perf_counter()
     curve_callback = validation_curve(settings, model_path, data_dir, "rl", key, seed) if settings.select else None
     trainer, policy, tokenizer, data, stats, resume = train_grpo(
         settings, model_path, data, data_dir, seed, method, key, callbacks=[curve_callback] if curve_callback else None)
@@ -437,7 +447,7 @@ def run_rl_unit(settings: RealSettings, model_path: str, data: RealData, data_di
         for stage, table in (("rl_val", curve_callback.rows), ("rl_val_problems", curve_callback.counts)):
             write_csv(unit_path(data_dir, stage, key), labelled(pd.DataFrame(table), method, beta, seed))
     write_csv(unit_path(data_dir, "rl_curves", key), labelled(curve, method, beta, seed))
-    frame = long_rows(rows, method=method, beta=beta, seed=seed, stage="rl")
+    frame = long_rows(rows + unit_wall_rows(started, resume), method=method, beta=beta, seed=seed, stage="rl")
     write_csv(path, frame)
     shutil.rmtree(checkpoint_dir(data_dir, "rl", key), ignore_errors=True)
     return frame

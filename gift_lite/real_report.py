@@ -158,12 +158,27 @@ def family_changes(data: ProtocolData, starts: list[tuple[str, float]], families
     return pd.DataFrame(rows)
 
 
+def wall_times(results: pd.DataFrame, sft_select: pd.DataFrame | None) -> pd.DataFrame:
+    """Each unit's recorded wall time (``perf/unit_wall_s``; SFT's selection unit: its training with
+    the held-out NLL, ``wall_s``) and the checkpoint it resumed from: what a fresh recompute of the
+    grid costs on this machine. Units that recorded none (computed before units did) are left out."""
+    wall = results[results["metric"] == "perf/unit_wall_s"]
+    resumed = results[results["metric"] == "perf/unit_resumed_at_step"].set_index(["stage", "method", "beta", "seed"])
+    rows = [{"stage": "sft_select", "unit": unit_key("sft", INF, 0), "wall_s": float(sft_select["wall_s"].iloc[0]),
+             "resumed_at_step": 0}] if sft_select is not None else []
+    for r in wall.itertuples():
+        rows.append({"stage": r.stage, "unit": unit_key(r.method, r.beta, r.seed), "wall_s": float(r.value),
+                     "resumed_at_step": int(resumed.loc[(r.stage, r.method, r.beta, r.seed), "value"])})
+    return pd.DataFrame(rows, columns=["stage", "unit", "wall_s", "resumed_at_step"])
+
+
 def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], *, k_large: int,
                     n_boot: int | None = None) -> dict:
     """Everything notebook 06 shows of a run with a selection stage, read from its committed units
     (nothing is trained): the selection (``choices``, ``base_check``, the expert tokens' base
     probabilities ``p_gold`` and their ``beta_table``, ``sft_select``, ``rl_select``), the grid's
-    ``progress``, its ``results``, reward ``curves`` and validation curves ``val``, and, once every
+    ``progress``, its ``results``, reward ``curves``, validation curves ``val`` and units' ``wall``
+    times, and, once every
     initialiser is in, ``claim1``; once every unit is in, the four claims (``claims``, ``parts``,
     ``before``, ``peak``), RL's ``gains`` and each task family's ``changes``. A part whose units are
     missing is None. ``constant_guess``: each test's constant-guess accuracy."""
@@ -191,6 +206,7 @@ def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], 
     out["val"] = collect(data_dir, "rl_val")[1]
     counts, val_counts = collect_counts(data_dir)
     out["results"] = pd.concat([base.assign(stage="base"), results], ignore_index=True) if base is not None else results
+    out["wall"] = wall_times(out["results"], out["sft_select"])
     if base is not None:
         counts = pd.concat([unit("base_problems", "base", keep_default_na=False).assign(stage="base"), counts],
                            ignore_index=True)

@@ -185,6 +185,11 @@ def test_the_grid_writes_what_the_claims_read_and_the_report_reads_it(tmp_path):
     report = real_report.protocol_report(grid, tmp_path, {"math_eval": 0.0}, k_large=2, n_boot=200)
     assert report["progress"]["done"].all() and report["choices"] == chosen
     val, results = report["val"], report["results"]
+    wall = results[results["metric"] == "perf/unit_wall_s"]
+    assert len(wall) == 3 + 4 and (wall["value"] > 0).all()  # every grid unit's whole wall time
+    assert (results.loc[results["metric"] == "perf/unit_resumed_at_step", "value"] == 0).all()
+    assert list(report["wall"]["stage"]) == ["sft_select"] + ["init"] * 3 + ["rl"] * 4
+    assert (report["wall"]["wall_s"] > 0).all() and (report["wall"]["resumed_at_step"] == 0).all()
     steps = set(range(0, chosen["steps"] + 1))
     assert set(val["step"]) == steps and len(val) == 4 * len(steps)  # step 0 and every step, each GRPO unit
     start = results[results["metric"] == "val/start_reward"].set_index(["method", "beta"])["value"]
