@@ -103,7 +103,6 @@ def takeaways(results: pd.DataFrame, curves: pd.DataFrame, claim1: pd.DataFrame 
     return lines
 
 
-
 # -- the arith protocol (data/real_arith/PROTOCOL.md): its section of notebook 06 ----------------------
 def grid_progress(settings, data_dir: Path) -> pd.DataFrame:
     """Every unit of the grid in run order (initialisers, then GRPO), and whether its file exists."""
@@ -177,11 +176,11 @@ def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], 
     """Everything notebook 06 shows of a run with a selection stage, read from its committed units
     (nothing is trained): the selection (``choices``, ``base_check``, the expert tokens' base
     probabilities ``p_gold`` and their ``beta_table``, ``sft_select``, ``rl_select``), the grid's
-    ``progress``, its ``results``, reward ``curves``, validation curves ``val`` and units' ``wall``
-    times, and, once every
-    initialiser is in, ``claim1``; once every unit is in, the four claims (``claims``, ``parts``,
-    ``before``, ``peak``), RL's ``gains`` and each task family's ``changes``. A part whose units are
-    missing is None. ``constant_guess``: each test's constant-guess accuracy."""
+    ``progress``, its ``results`` (the selection's base unit included), reward ``curves``, validation
+    curves ``val`` and the units' ``wall`` times; once every initialiser is in, ``claim1``; once every
+    unit is in, the four claims (``claims``, ``parts``, ``before``, ``peak``), RL's ``gains`` and each
+    task family's ``changes``. A part whose units are missing is None. ``constant_guess``: each
+    test's constant-guess accuracy."""
     import torch
 
     from gift_lite.evaluate import gold_mass_table
@@ -205,7 +204,7 @@ def protocol_report(settings, data_dir: Path, constant_guess: dict[str, float], 
     results, out["curves"] = collect(data_dir)
     out["val"] = collect(data_dir, "rl_val")[1]
     counts, val_counts = collect_counts(data_dir)
-    out["results"] = pd.concat([base.assign(stage="base"), results], ignore_index=True) if base is not None else results
+    out["results"] = pd.concat([base, results], ignore_index=True) if base is not None else results
     out["wall"] = wall_times(out["results"], out["sft_select"])
     if base is not None:
         counts = pd.concat([unit("base_problems", "base", keep_default_na=False).assign(stage="base"), counts],
