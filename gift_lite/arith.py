@@ -10,7 +10,8 @@ learn from), so ``data/real_arith/PROTOCOL.md`` tests the claims on short tasks 
 - a far family out of distribution, ``letter_counting`` (5-8 words), a skill no SFT row trains.
 
 ``python -m gift_lite.arith --out data/arith`` (needs the ``gym`` extra) wrote every split once into
-``data/arith/`` (without ``--out`` it writes under ``scratch/``); nothing else imports reasoning-gym. Splits are disjoint by question text.
+``data/arith/`` (without ``--out`` it writes under ``scratch/``); nothing else imports reasoning-gym.
+Splits are disjoint by question text.
 Every answer is an integer, graded by ``arith_reward``.
 """
 
@@ -153,7 +154,8 @@ def write(config: ArithConfig, out_dir: Path) -> dict[str, list[dict]]:
     splits = generate(config)
     guesses = {name: constant_guess([r["answer"] for r in rows]) for name, rows in splits.items() if name != "sft"}
     data.write_splits(splits, out_dir, {
-        "generator": GENERATOR, "licence": "Apache-2.0", "config": asdict(config), "command": "python -m gift_lite.arith --out data/arith",
+        "generator": GENERATOR, "licence": "Apache-2.0", "config": asdict(config),
+        "command": "python -m gift_lite.arith --out data/arith",
         "families": {k: {"dataset": v[0], **v[1]} for k, v in FAMILIES.items()},
         "constant_guess": {name: {"answer": a, "accuracy": round(acc, 4)} for name, (a, acc) in guesses.items()}})
     return splits

@@ -82,7 +82,8 @@ def pass_at_k_per_problem(n, c, k: int) -> np.ndarray:
 def sample_completions(model, tokenizer, prompts: Sequence[str], *, num_samples: int, temperature: float = 1.0,
                        max_new_tokens: int = 32, batch_size: int = 256, seed: int = 0, top_p: float = 1.0,
                        top_k: int = 0, progress: bool = False, return_ended: bool = False,
-                       share_prompts: bool = False, drop_finished: bool = True, cache_implementation: str | None = None):
+                       share_prompts: bool = False, drop_finished: bool = True,
+                       cache_implementation: str | None = None):
     """``num_samples`` completions per prompt with ``model.generate``; returns (P, num_samples) strings,
     and with ``return_ended`` also a (P, num_samples) bool array: the sample stopped at EOS (False:
     ``max_new_tokens`` cut it off).

@@ -88,8 +88,9 @@ def unit_wall_rows(started: float, resume: str | None) -> list[dict]:
     """``perf/unit_wall_s``: the whole unit's wall time in this process (training, validation and
     evaluation; ``started`` from ``time.perf_counter``), and ``perf/unit_resumed_at_step``, the
     checkpoint it resumed from (0: none; then the wall time leaves out the part run before)."""
+    step = float(checkpoint_step(resume)) if resume else 0.0
     return [{"split": "", "metric": "perf/unit_wall_s", "value": time.perf_counter() - started},
-            {"split": "", "metric": "perf/unit_resumed_at_step", "value": float(checkpoint_step(resume) if resume else 0)}]
+            {"split": "", "metric": "perf/unit_resumed_at_step", "value": step}]
 
 
 def _perf_rows(prefix: str, stats: dict, tokens: float) -> list[dict]:
