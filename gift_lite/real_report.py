@@ -111,6 +111,12 @@ def grid_progress(settings, data_dir: Path) -> pd.DataFrame:
                           "done": unit_path(data_dir, stage, unit_key(m, b, s)).exists()} for stage, m, b, s in units])
 
 
+def missing_units(progress: pd.DataFrame) -> list[str]:
+    """``grid_progress``'s units still to compute, as ``stage/unit`` in run order."""
+    waiting = progress.loc[~progress["done"]]
+    return (waiting["stage"] + "/" + waiting["unit"]).tolist()
+
+
 def before_rl(method: str, beta: float) -> tuple[str, float, str]:
     """What GRPO from ``(method, beta)`` starts from, as ``(method, beta, stage)``: RL only starts
     from the base, every other start from its initialiser."""
@@ -250,9 +256,8 @@ def protocol_takeaways(run: dict, settings) -> list[str]:
                      f"step 0, {curve.loc[chosen['steps']]:.3f} at step {chosen['steps']}, "
                      f"{curve.iloc[-1]:.3f} at step {curve.index[-1]}).")
     if not progress["done"].all():
-        waiting = progress.loc[~progress["done"], "unit"]
         lines.append(f"The grid has {int(progress['done'].sum())} of {len(progress)} units; "
-                     f"still to compute: {', '.join(progress.loc[~progress['done']].stage + '/' + waiting)}.")
+                     f"still to compute: {', '.join(missing_units(progress))}.")
     if run["gains"] is not None:
         learned = run["gains"][run["gains"]["learned"]]["start"].tolist()
         lines.append(f"RL learned (ID pass@1 after minus before, interval above 0) from {len(learned)} of "

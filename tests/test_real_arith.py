@@ -178,12 +178,15 @@ def test_the_grid_writes_what_the_claims_read_and_the_report_reads_it(tmp_path):
                    rl_runs=(("rl_only", real_settings.INF), ("sft", real_settings.INF), ("gift", star), ("gift", 1.0)))
     report = real_report.protocol_report(grid, tmp_path, {"math_eval": 0.0}, k_large=2, n_boot=200)
     assert not report["progress"]["done"].any() and report["claim1"] is None and report["claims"] is None
+    assert real_report.missing_units(report["progress"])[:2] == ["init/sft_betainf_seed0", f"init/gift_beta{star:g}_seed0"]
+    assert len(real_report.missing_units(report["progress"])) == 3 + 4
     assert list(report["base_check"]["test"]) == ["math_eval", "choice_eval"]
     real.run_all(grid, data, tmp_path, progress=False)
     assert not (tmp_path / "units" / "base").exists()  # the base unit is the selection's, not computed twice
 
     report = real_report.protocol_report(grid, tmp_path, {"math_eval": 0.0}, k_large=2, n_boot=200)
     assert report["progress"]["done"].all() and report["choices"] == chosen
+    assert real_report.missing_units(report["progress"]) == []
     val, results = report["val"], report["results"]
     wall = results[results["metric"] == "perf/unit_wall_s"]
     assert len(wall) == 3 + 4 and (wall["value"] > 0).all()  # every grid unit's whole wall time
