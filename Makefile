@@ -65,7 +65,7 @@ real: $(STAMP)  ## SmolLM2-135M's units that are missing, on the CPU (hours)
 # unit by unit (hours on 2 cores, across sessions); an interrupted run resumes at the first missing unit.
 real-arith: $(STAMP)  ## SmolLM2-135M on arithmetic: the selection stage, then the grid's missing units (hours)
 	$(PY) -m gift_lite.real select --preset arith
-	$(PY) -m gift_lite.real run --preset arith
+	$(PY) -m gift_lite.real run --preset arith --workers 2
 
 # The confirmatory protocol (data/mini_conf/PROTOCOL.md): notebook 04 (base, selection), then notebook
 # 05, which runs every unit not yet computed (two one-thread processes; hours on 2 cores) and

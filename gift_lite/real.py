@@ -55,7 +55,7 @@ from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rl import ValidationCurve, grpo_config, reward_curve, run_grpo, trapezoid_mean
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
-                             labelled, output_folder, problem_counts, unit_key, unit_path)
+                             labelled, one_thread, output_folder, problem_counts, run_pool, unit_key, unit_path)
 
 COUNT_COLUMNS = ("method", "beta", "seed", "split", "problem_id", "correct")  # as the miniature's *_problems/
 # What an accelerate config's distributed_type asks for: the variable `accelerate launch` sets.
@@ -459,9 +459,13 @@ def unit_settings(settings: RealSettings, method: str, beta: float) -> RealSetti
     return replace(settings, method=method, beta=beta if method == "gift" else settings.beta)
 
 
-def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress: bool = True) -> list[str]:
+def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress: bool = True,
+            workers: int = 1) -> list[str]:
     """Every unit of the run in order (β diagnostics, base, initialisers, GRPO); finished ones are
-    skipped, so a killed run resumes at its first unfinished unit. Returns the keys it went through."""
+    skipped, so a killed run resumes at its first unfinished unit. Returns the keys it went through.
+    ``workers`` > 1: each stage's units run in that many spawned processes of one torch thread each
+    (``units.run_pool``; every initialiser is finished before any GRPO unit starts), which changes
+    when a unit finishes, not its numbers."""
     if settings.select is not None:  # its budgets come from the selection stage: refuse a grid without them
         from gift_lite.real_selection import check_preset, choices  # it imports this module
 
@@ -478,18 +482,33 @@ def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress:
     # Every initialiser (seed by seed) before any GRPO: the before-RL comparison is complete first.
     jobs += [("init", m, b, s) for m, b, s in settings.init_units()]
     jobs += [("rl", m, b, s) for m, b, s in settings.rl_units()]
+    if workers <= 1:
+        return [run_job(settings, model_path, data, data_dir, *job)
+                for job in tqdm(jobs, desc="units", disable=not progress)]
     done = []
-    for stage, method, beta, seed in tqdm(jobs, desc="units", disable=not progress):
-        if stage == "beta":
-            run_beta_unit(settings, model_path, data, data_dir)
-        elif stage == "base":
-            run_base_unit(settings, model_path, data, data_dir)
-        elif stage == "init":
-            run_init_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
-        else:
-            run_rl_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
-        done.append(stage if method is None else f"{stage}/{unit_key(method, beta, seed)}")
+    for stage in dict.fromkeys(job[0] for job in jobs):  # stage by stage: GRPO needs its initialiser's adapter
+        todo = [(settings, model_path, data, data_dir, *job) for job in jobs if job[0] == stage]
+        done += run_pool(_one_thread_job, todo, workers, desc=f"{stage} units", progress=progress)
     return done
+
+
+def run_job(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, stage: str,
+            method: str | None, beta: float | None, seed: int | None) -> str:
+    """One unit of ``run_all`` (skipped when its file exists); returns its key."""
+    if stage == "beta":
+        run_beta_unit(settings, model_path, data, data_dir)
+    elif stage == "base":
+        run_base_unit(settings, model_path, data, data_dir)
+    elif stage == "init":
+        run_init_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+    else:
+        run_rl_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+    return stage if method is None else f"{stage}/{unit_key(method, beta, seed)}"
+
+
+def _one_thread_job(*job) -> str:
+    """``run_job`` in a pool's process, on one torch thread (``units.one_thread``)."""
+    return one_thread(run_job, *job)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                          "data/real_arith/ (hours on 2 cores); gpu needs CUDA.")
     run.add_argument("--preset", default="smoke", choices=sorted(REAL_PRESETS))
     run.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster while the other core is busy)")
+    run.add_argument("--workers", type=int, default=1, help="units at once, each in a process of one torch thread "
+                     "(CPU only; every initialiser finishes before any GRPO unit starts)")
     select = sub.add_parser("select", formatter_class=defaults, help="a preset's selection stage (beta*, SFT "
                             "epochs, GRPO steps; resumes)", description="The selection stage of a preset that has "
                             "one (arith: data/real_arith/PROTOCOL.md section 3), unit by unit; prints what it chose.")
@@ -549,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         if args.threads < 1:
             parser.error(f"--threads {args.threads}: must be at least 1")
-        return run_preset(args.preset, select=args.command == "select", threads=args.threads)
+        workers = getattr(args, "workers", 1)
+        if workers < 1 or (workers > 1 and args.preset == "gpu"):
+            parser.error(f"--workers {workers}: must be at least 1, and 1 on the gpu preset (one CUDA device)")
+        return run_preset(args.preset, select=args.command == "select", threads=args.threads, workers=workers)
 
     # One validation for every option: the notebook's (real_settings.PARAMETERS)
     try:
@@ -626,10 +650,11 @@ def clear_run(data_dir: Path) -> None:
         shutil.rmtree(Path(data_dir) / folder, ignore_errors=True)
 
 
-def run_preset(preset: str, *, select: bool = False, threads: int = 2) -> int:
-    """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other;
-    ``select``: its selection stage instead (``real_selection``), which prints what it chose.
-    ``threads``: torch's threads (the GSM-Symbolic run used 2; on a loaded 2-core machine 1 is faster)."""
+def run_preset(preset: str, *, select: bool = False, threads: int = 2, workers: int = 1) -> int:
+    """``python -m gift_lite.real run``: every unit of ``REAL_PRESETS[preset]``, one after the other
+    (``workers`` > 1: that many at once, ``run_all``); ``select``: its selection stage instead
+    (``real_selection``), which prints what it chose. ``threads``: torch's threads (the GSM-Symbolic
+    run used 2; on a loaded 2-core machine 1 is faster)."""
     settings = REAL_PRESETS[preset]
     data_dir = run_dir(preset, settings)
     torch.set_num_threads(min(threads, os.cpu_count() or 1))
@@ -639,7 +664,7 @@ def run_preset(preset: str, *, select: bool = False, threads: int = 2) -> int:
 
         print(json.dumps(run_selection(settings, load_data(settings), data_dir)), flush=True)
         return 0
-    for key in run_all(settings, load_data(settings), data_dir):
+    for key in run_all(settings, load_data(settings), data_dir, workers=workers):
         print(key, flush=True)
     return 0
 

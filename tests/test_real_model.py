@@ -9,6 +9,7 @@ import importlib.util
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,6 +23,7 @@ from gift_lite.models import add_lora
 from gift_lite.repro import repo_root
 from gift_lite.math_rewards import math_reward
 from gift_lite.trainer import GIFTTrainer
+from gift_lite.units import one_thread
 
 GSM = repo_root() / gsm_symbolic.FOLDER
 RUN = repo_root() / "data" / real_settings.run_name(real_settings.CPU_REAL)
@@ -150,6 +152,33 @@ def test_run_all_goes_through_a_grid_and_resumes(tmp_path):
     written = {p: p.stat().st_mtime_ns for p in (tmp_path / "units").rglob("*.csv")}
     real.run_all(settings, data, tmp_path, progress=False)  # every unit finished: nothing is redone
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "units").rglob("*.csv")} == written
+
+
+def _numbers(units: Path) -> dict:
+    """Every unit file's rows but its wall times (``perf/*``), by path under ``units``."""
+    out = {}
+    for path in sorted(units.rglob("*.csv")):
+        frame = pd.read_csv(path, keep_default_na=False)
+        if "metric" in frame:
+            frame = frame[~frame["metric"].astype(str).str.startswith("perf/")]
+        out[str(path.relative_to(units))] = frame.reset_index(drop=True)
+    return out
+
+
+def test_run_all_with_two_workers_writes_the_units_one_worker_writes(tmp_path):
+    """``workers=2`` runs each stage's units in two one-thread processes, initialisers before GRPO:
+    the same unit files, number for number, as one after the other on one thread."""
+    settings = replace(real_settings.SMOKE_REAL, n_expert_eval=0, init_runs=(("sft", real_settings.INF), ("gift", 2.0)),
+                       rl_runs=(("sft", real_settings.INF), ("gift", 2.0)),
+                       init=replace(real_settings.SMOKE_REAL.init, max_steps=1), rl=replace(real_settings.SMOKE_REAL.rl, max_steps=1))
+    data = real_data.load_data(settings)
+    serial = one_thread(real.run_all, settings, data, tmp_path / "one", progress=False)
+    pooled = real.run_all(settings, data, tmp_path / "two", progress=False, workers=2)
+    assert sorted(pooled) == sorted(serial) and pooled.index("init/gift_beta2_seed0") < pooled.index("rl/sft_betainf_seed0")
+    one, two = _numbers(tmp_path / "one" / "units"), _numbers(tmp_path / "two" / "units")
+    assert list(one) == list(two) and len(one) >= 8
+    for name, frame in one.items():
+        pd.testing.assert_frame_equal(frame, two[name], check_exact=True, obj=name)
 
 
 # -- compute dtype -----------------------------------------------------------------------------------
