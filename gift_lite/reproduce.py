@@ -73,12 +73,23 @@ def notebook_cells(path: Path) -> list[dict]:
     return repro.notebook_cells(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def input_hash(source: Path, preset: str) -> str:
-    """sha256 of the notebook's cells, the preset and the package source (``package_files``)."""
+def unit_files(data_dir: Path | None = None) -> list[Path]:
+    """Every file in a ``units`` folder under ``data_dir`` (``data/``), tracked or not: what a replay
+    reads, so a unit that lands after a notebook's last run makes it rerun."""
+    root = Path(data_dir or repo_root() / "data")
+    return sorted(p for p in root.rglob("*") if p.is_file() and "units" in p.relative_to(root).parts)
+
+
+def input_hash(source: Path, preset: str, data_dir: Path | None = None) -> str:
+    """sha256 of the notebook's cells, the preset, the package source (``package_files``) and the
+    unit files under ``data_dir`` (``unit_files``)."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"cells": notebook_cells(source), "preset": preset}, sort_keys=True).encode())
     for path in package_files():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    root = Path(data_dir or repo_root() / "data")
+    for path in unit_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -120,6 +120,21 @@ def test_input_hash_follows_sources_and_preset_not_outputs(tmp_path):
     assert any(p.name == "losses.py" for p in reproduce.package_files())
 
 
+def test_input_hash_follows_the_units_a_replay_reads(tmp_path):
+    """A unit that lands after a notebook's last run (committed or not) makes it rerun."""
+    path, data = tmp_path / "01_x.ipynb", tmp_path / "data"
+    write_notebook(path, "print(1)")
+    (data / "run" / "units" / "init").mkdir(parents=True)
+    (data / "run" / "results.csv").write_text("a\n1\n")
+    digest = reproduce.input_hash(path, "mini", data)
+    (data / "run" / "results.csv").write_text("a\n2\n")  # a result the notebook writes: not an input
+    assert reproduce.input_hash(path, "mini", data) == digest
+    (data / "run" / "units" / "init" / "sft_betainf_seed0.csv").write_text("x\n")
+    assert reproduce.input_hash(path, "mini", data) != digest
+    assert reproduce.unit_files(data) == [data / "run" / "units" / "init" / "sft_betainf_seed0.csv"]
+    assert len(reproduce.unit_files()) > 100  # the committed units
+
+
 def test_is_complete_wants_every_code_cell_run_without_error(tmp_path):
     path = tmp_path / "n.ipynb"
     write_notebook(path, "print(1)")
