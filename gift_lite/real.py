@@ -55,7 +55,8 @@ from gift_lite.results import check_writable, long_rows, write_csv, write_json
 from gift_lite.rl import ValidationCurve, grpo_config, reward_curve, run_grpo, trapezoid_mean
 from gift_lite.trainer import GIFTConfig, GIFTTrainer
 from gift_lite.units import (adapter_dir, check_unit_settings, checkpoint_dir, checkpoint_step, last_checkpoint,
-                             labelled, one_thread, output_folder, problem_counts, run_pool, unit_key, unit_path)
+                             labelled, one_thread, output_folder, problem_counts, run_pool, unit_key, unit_lock,
+                             unit_path)
 
 COUNT_COLUMNS = ("method", "beta", "seed", "split", "problem_id", "correct")  # as the miniature's *_problems/
 # What an accelerate config's distributed_type asks for: the variable `accelerate launch` sets.
@@ -494,16 +495,19 @@ def run_all(settings: RealSettings, data: RealData, data_dir: Path, *, progress:
 
 def run_job(settings: RealSettings, model_path: str, data: RealData, data_dir: Path, stage: str,
             method: str | None, beta: float | None, seed: int | None) -> str:
-    """One unit of ``run_all`` (skipped when its file exists); returns its key."""
-    if stage == "beta":
-        run_beta_unit(settings, model_path, data, data_dir)
-    elif stage == "base":
-        run_base_unit(settings, model_path, data, data_dir)
-    elif stage == "init":
-        run_init_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
-    else:
-        run_rl_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
-    return stage if method is None else f"{stage}/{unit_key(method, beta, seed)}"
+    """One unit of ``run_all`` (skipped when its file exists), under its lock (``units.unit_lock``);
+    returns its key."""
+    key = stage if method is None else unit_key(method, beta, seed)
+    with unit_lock(data_dir, stage, key):
+        if stage == "beta":
+            run_beta_unit(settings, model_path, data, data_dir)
+        elif stage == "base":
+            run_base_unit(settings, model_path, data, data_dir)
+        elif stage == "init":
+            run_init_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+        else:
+            run_rl_unit(unit_settings(settings, method, beta), model_path, data, data_dir, seed)
+    return stage if method is None else f"{stage}/{key}"
 
 
 def _one_thread_job(*job) -> str:

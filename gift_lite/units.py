@@ -9,10 +9,15 @@ finished units as one long table), and the process pool that runs many units.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import multiprocessing
+import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -161,13 +166,52 @@ def run_pool(function, jobs: list[tuple], workers: int, *, desc: str, progress: 
             bar.update()
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(function, *job) for job in jobs]
             for future in as_completed(futures):
                 done.append(future.result())
                 bar.update()
     bar.close()
     return done
+
+
+def die_with_parent(parent: int) -> None:
+    """A pool process's initialiser: on Linux, the kernel kills it when the process that started it
+    dies, so a killed run leaves no worker behind still computing (and checkpointing) a unit."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+@contextmanager
+def unit_lock(data_dir: Path, stage: str, key: str):
+    """Hold the unit's lock (``<data_dir>/checkpoints/<stage>/<key>.lock``) while computing it.
+
+    A second process that reaches the same unit (a rerun started while an earlier run, or a
+    worker it left behind, still computes it) is refused with an error naming the holder, instead
+    of training into the same checkpoints. The operating system releases the lock when its
+    holder dies, so a killed unit never stays locked.
+    """
+    path = checkpoint_dir(data_dir, stage, key).parent / f"{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RuntimeError(f"unit {stage}/{key} is being computed by another process (pid {holder}); "
+                               "wait for it or stop it, then run again") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # -- resuming a unit at its last Trainer checkpoint -------------------------------------------------

@@ -97,3 +97,65 @@ def test_one_run_folder_takes_other_methods_and_seeds_but_not_other_settings(tmp
         check_unit_settings(tmp_path, other, ignore=real_settings.PER_UNIT_FIELDS)
     with pytest.raises(ValueError, match="holds units made with other settings"):
         check_unit_settings(tmp_path, replace(real_settings.SMOKE_REAL, n_sft=3), ignore=real_settings.PER_UNIT_FIELDS)
+
+
+def test_a_unit_is_computed_by_one_process_at_a_time(tmp_path):
+    from gift_lite import real  # heavy import, only here
+
+    with units.unit_lock(tmp_path, "rl", "sft_betainf_seed1"):
+        with pytest.raises(RuntimeError, match=rf"unit rl/sft_betainf_seed1 is being computed by another process "
+                                               rf"\(pid {os.getpid()}\)"):
+            with units.unit_lock(tmp_path, "rl", "sft_betainf_seed1"):
+                pass
+        with pytest.raises(RuntimeError, match="unit rl/sft_betainf_seed1 is being computed"):  # run_job takes it first
+            real.run_job(real_settings.SMOKE_REAL, "unused", None, tmp_path, "rl", "sft", float("inf"), 1)
+        with units.unit_lock(tmp_path, "rl", "sft_betainf_seed0"):  # another unit goes on beside it
+            pass
+    with units.unit_lock(tmp_path, "rl", "sft_betainf_seed1"):  # released
+        pass
+
+
+POOL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from gift_lite.units import run_pool
+
+def job(folder):
+    Path(folder, str(os.getpid())).write_text("")
+    time.sleep(300)
+
+if __name__ == "__main__":
+    run_pool(job, [(sys.argv[1],)], 2, desc="pool", progress=False)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left unreaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_pool_workers_die_with_the_run_that_started_them(tmp_path):
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    run = subprocess.Popen([sys.executable, str(script), str(tmp_path / "pids")], cwd=tmp_path)
+    (tmp_path / "pids").mkdir()
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "pids").iterdir()) and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    workers = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    assert workers and all(_running(pid) for pid in workers), "no worker started its job"
+    run.send_signal(signal.SIGKILL)  # as a session's end or `kill -9` leaves it
+    run.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"pool workers {left} outlived the run"
