@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -139,19 +140,20 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_pool_workers_die_with_the_run_that_started_them(tmp_path):
-    import time
-
     script = tmp_path / "pool.py"
     script.write_text(POOL_SCRIPT)
-    run = subprocess.Popen([sys.executable, str(script), str(tmp_path / "pids")], cwd=tmp_path)
     (tmp_path / "pids").mkdir()
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "pids").iterdir()) and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.2)
-    workers = [int(p.name) for p in (tmp_path / "pids").iterdir()]
-    assert workers and all(_running(pid) for pid in workers), "no worker started its job"
-    run.send_signal(signal.SIGKILL)  # as a session's end or `kill -9` leaves it
-    run.wait()
+    with open(tmp_path / "run.log", "w") as log:  # the killed run's resource tracker reports its semaphores
+        run = subprocess.Popen([sys.executable, str(script), str(tmp_path / "pids")], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "pids").iterdir()) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        workers = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+        started = bool(workers) and all(_running(pid) for pid in workers)
+        run.send_signal(signal.SIGKILL)  # as a session's end or `kill -9` leaves it
+        run.wait()
+    assert started, (tmp_path / "run.log").read_text()[-3000:]
     deadline = time.monotonic() + 20
     while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
