@@ -50,8 +50,9 @@ def model_source(settings) -> dict:
     source = {"model": settings.model, "precision": "nf4" if settings.four_bit else "compute dtype"}
     if settings.model == smollm2.FOLDER:
         source = {**smollm2.SOURCE, "lora_base_precision": "nf4" if settings.four_bit else "fp32"}
-    record = repo_root() / Path(str(settings.sft_data)).parent / "generate_run.json"
-    if Path(str(settings.sft_data)).parent != Path(".") and record.is_file():
+    folder = Path(str(settings.sft_data)).parent  # "." for a hub dataset's name
+    record = repo_root() / folder / "generate_run.json"
+    if folder != Path(".") and record.is_file():
         generated = json.loads(record.read_text())
         source["data"] = {"generator": generated["generator"], "licence": generated["licence"],
                           "seed": generated["config"]["seed"], "command": generated["command"]}
